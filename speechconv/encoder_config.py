@@ -1,0 +1,177 @@
+"""`LayerConfig` and `EncoderConfig`: the conv encoder's settings, checked on creation.
+
+These dataclasses double as Hydra structured-config schemas (the types are ones
+OmegaConf understands), but nothing here imports Hydra.  Per-layer geometry along time
+and frequency is handed to :mod:`speechconv.shapes` as :class:`AxisGeometry`, so the
+encoder, its masks, the inspector and the tests share one length arithmetic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from speechconv import shapes
+from speechconv.shapes import AxisGeometry
+
+LAYER_KINDS = ("conv", "stack")
+ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "none")
+TOO_SHORT_POLICIES = ("error", "pad")
+FUSIONS = ("mix", "gated")
+
+
+def _bad(key: str, value: object, allowed: str, fix: str = "") -> ValueError:
+    msg = f"encoder.{key}={value!r} is invalid: expected {allowed}"
+    return ValueError(msg + (f"; {fix}" if fix else ""))
+
+
+def _pair(key: str, value: Any) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value, value
+    try:
+        t, f = value
+        return int(t), int(f)
+    except (TypeError, ValueError):
+        raise _bad(key, value, "an int or a [time, freq] pair of ints") from None
+
+
+@dataclass
+class LayerConfig:
+    """One layer of the encoder.
+
+    ``kind="conv"``: a 2-D convolution over (time, frequency) with ``filters`` output
+    channels, ``kernel`` and ``stride`` as ``[time, freq]``, ``padding`` ``"same"``
+    (TensorFlow SAME), ``"valid"``, an int, or a ``[time, freq]`` pair of those; then
+    batch norm (optional), activation and dropout.
+
+    ``kind="stack"``: frame stacking plus projection, an alternative to conv
+    subsampling.  ``frames`` consecutive frames (all frequencies and channels) are
+    projected to ``filters`` values: a conv with kernel ``[frames, F_in]`` and stride
+    ``[frames, F_in]``, SAME in time (``ceil(T / frames)`` frames) and ``F' = 1``.
+    ``kernel``, ``stride`` and ``padding`` are ignored.
+    """
+
+    kind: str = "conv"
+    filters: int = 32
+    kernel: list[int] = field(default_factory=lambda: [3, 3])
+    stride: list[int] = field(default_factory=lambda: [2, 2])
+    padding: Any = "same"
+    batch_norm: bool = True
+    activation: str = "relu"
+    dropout: float = 0.0
+    frames: int = 4
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, where: str = "layer") -> None:
+        if self.kind not in LAYER_KINDS:
+            raise _bad(f"{where}.kind", self.kind, f"one of {LAYER_KINDS}")
+        if not isinstance(self.filters, int) or self.filters < 1:
+            raise _bad(f"{where}.filters", self.filters, "an int >= 1")
+        kt, kf = _pair(f"{where}.kernel", self.kernel)
+        st, sf = _pair(f"{where}.stride", self.stride)
+        if min(kt, kf) < 1:
+            raise _bad(f"{where}.kernel", self.kernel, "sizes >= 1")
+        if min(st, sf) < 1:
+            raise _bad(f"{where}.stride", self.stride, "strides >= 1", "use 1 for no subsampling")
+        for p in self.paddings:
+            if isinstance(p, bool) or not (p in ("same", "valid") or (isinstance(p, int) and p >= 0)):
+                raise _bad(f"{where}.padding", self.padding,
+                           "'same', 'valid', an int >= 0, or a [time, freq] pair of those")
+        if self.activation not in ACTIVATIONS:
+            raise _bad(f"{where}.activation", self.activation, f"one of {ACTIVATIONS}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise _bad(f"{where}.dropout", self.dropout, "a float in [0, 1)")
+        if not isinstance(self.frames, int) or self.frames < 1:
+            raise _bad(f"{where}.frames", self.frames, "an int >= 1")
+
+    @property
+    def paddings(self) -> tuple[shapes.Padding, shapes.Padding]:
+        """Padding as ``(time, freq)``."""
+        p = self.padding
+        if isinstance(p, (list, tuple)) or (hasattr(p, "__len__") and not isinstance(p, str)):
+            t, f = p
+            return t, f
+        return p, p
+
+    def time_geometry(self) -> AxisGeometry:
+        """Kernel, stride and padding along time."""
+        if self.kind == "stack":
+            return AxisGeometry(self.frames, self.frames, "same")
+        (kt, _), (st, _) = _pair("kernel", self.kernel), _pair("stride", self.stride)
+        return AxisGeometry(kt, st, self.paddings[0])
+
+    def freq_geometry(self, in_freq: int) -> AxisGeometry:
+        """Kernel, stride and padding along frequency, for ``in_freq`` input rows."""
+        if self.kind == "stack":
+            return AxisGeometry(in_freq, in_freq, "valid")
+        (_, kf), (_, sf) = _pair("kernel", self.kernel), _pair("stride", self.stride)
+        return AxisGeometry(kf, sf, self.paddings[1])
+
+
+def _default_layers() -> list[LayerConfig]:
+    return [LayerConfig(), LayerConfig()]
+
+
+@dataclass
+class EncoderConfig:
+    """The conv encoder: ``layers`` in order, optionally a second branch fused with it.
+
+    Defaults are the front of Weiss et al. 2017: two conv layers of 32 filters, 3x3,
+    stride 2x2, SAME padding, batch norm and ReLU, turning ``T x 80 x 3`` into
+    ``ceil(T/4) x 20 x 32``.
+
+    Attributes:
+        layers: the main branch.
+        branch: optional second branch on the same input (for example one ``stack``
+            layer); both branches are flattened to ``(B, T', D)`` and fused with
+            :class:`speechconv.layers.LearnedMix`, so their ``T'`` and ``D`` must agree.
+        fusion: ``mix`` (one learned scalar) or ``gated`` (softmax gate per position).
+        too_short: ``error`` (a ``ValueError`` naming the batch index, its length and
+            the minimum) or ``pad`` (short utterances are zero-padded to the minimum).
+    """
+
+    layers: list[LayerConfig] = field(default_factory=_default_layers)
+    branch: Optional[list[LayerConfig]] = None
+    fusion: str = "mix"
+    too_short: str = "error"
+
+    def __post_init__(self) -> None:
+        self.layers = [lc if isinstance(lc, LayerConfig) else LayerConfig(**lc) for lc in self.layers]
+        if self.branch is not None:
+            self.branch = [lc if isinstance(lc, LayerConfig) else LayerConfig(**lc) for lc in self.branch]
+        self.validate()
+
+    def validate(self) -> None:
+        if not self.layers:
+            raise _bad("layers", self.layers, "at least one layer")
+        for i, lc in enumerate(self.layers):
+            lc.validate(f"layers.{i}")
+        for i, lc in enumerate(self.branch or []):
+            lc.validate(f"branch.{i}")
+        if self.branch is not None and not self.branch:
+            raise _bad("branch", self.branch, "null or at least one layer")
+        if self.fusion not in FUSIONS:
+            raise _bad("fusion", self.fusion, f"one of {FUSIONS}")
+        if self.too_short not in TOO_SHORT_POLICIES:
+            raise _bad("too_short", self.too_short, f"one of {TOO_SHORT_POLICIES}")
+
+    def branches(self) -> list[list[LayerConfig]]:
+        """The main branch, then the optional second one."""
+        return [self.layers] + ([self.branch] if self.branch else [])
+
+
+def time_geometries(layers: list[LayerConfig]) -> list[AxisGeometry]:
+    """Time-axis geometry of each layer, for the functions of :mod:`speechconv.shapes`."""
+    return [lc.time_geometry() for lc in layers]
+
+
+def freq_geometries(layers: list[LayerConfig], in_freq: int) -> list[AxisGeometry]:
+    """Frequency-axis geometry of each layer given the input's ``F``."""
+    out = []
+    for lc in layers:
+        g = lc.freq_geometry(in_freq)
+        out.append(g)
+        in_freq = shapes.conv_out_length(in_freq, g.kernel, g.stride, g.padding)
+    return out

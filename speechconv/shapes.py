@@ -1,0 +1,236 @@
+"""Axis vocabulary and every piece of length arithmetic in speechconv.
+
+Axis letters, used in every docstring and shape comment of the package:
+
+    B  batch                  S  samples (waveform)
+    T  frames (time)          F  frequency (mel bins, or their subsampled rows)
+    C  channels               D  model dimension (flattened F * C, or a projection)
+
+Fixed layouts at the boundaries:
+
+    waveforms          (B, S)       float32 in [-1, 1]
+    features           (B, T, F, C) the paper's T x 80 x 3 layout
+    inside the convs   (B, C, T, F)
+    encoder output     (B, T', F', C') or flattened (B, T', D)
+
+Lengths always travel with padded tensors as int64 ``(B,)`` tensors. Every module,
+mask, the shape inspector and the tests compute lengths with the functions below and
+nowhere else.
+
+Conventions for one 1-D convolution along an axis of length ``L`` with kernel ``k``,
+stride ``s`` and dilation 1 (the encoder never dilates):
+
+``valid``    no padding.  The last output ``j`` must satisfy ``j*s + k - 1 <= L - 1``,
+             so ``L_out = (L - k) // s + 1`` when ``L >= k`` and 0 otherwise.
+``same``     TensorFlow's SAME: ``L_out = ceil(L / s)``.  The total padding is whatever
+             makes that true, ``P = max((L_out - 1)*s + k - L, 0)``, split as
+             ``P // 2`` before and the rest after.  Writing ``L = q*s + r``:
+             ``P = k - s`` if ``r == 0`` else ``k - r`` (clamped at 0), so the padding
+             before depends on ``L mod s``.  The encoder therefore pads each utterance
+             by its own length, never by the padded batch length, so that an utterance
+             gives the same frames alone and in a batch.
+``int p``    ``p`` zeros on both sides: ``L_out = (L + 2p - k) // s + 1`` when
+             ``L + 2p >= k`` and 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import torch
+
+Padding = Union[str, int]
+"""One axis' padding: ``"same"``, ``"valid"`` or a non-negative int of zeros per side."""
+
+FRAMINGS = ("kaldi", "center")
+
+
+# --------------------------------------------------------------------------- frames
+
+
+def frames_from_samples(num_samples: int, win_length: int, hop_length: int, framing: str = "kaldi") -> int:
+    """Number of feature frames ``T`` for ``S = num_samples`` samples.
+
+    ``kaldi`` (Kaldi's ``--snip-edges=true``): frame ``t`` covers samples
+    ``[t*hop, t*hop + win)`` and only whole frames count, so
+    ``T = 1 + (S - win) // hop`` when ``S >= win``, else 0.  Audio shorter than one
+    window gives zero frames (the documented policy; the encoder then rejects it).
+
+    ``center`` (torch.stft / librosa ``center=True``): frame ``t`` is centred on sample
+    ``t*hop`` with zero padding of ``n_fft // 2`` on both sides, so
+    ``T = 1 + S // hop`` for ``S >= 1``, and 0 for empty audio.
+    """
+    if num_samples < 0 or win_length <= 0 or hop_length <= 0:
+        raise ValueError(
+            f"frames_from_samples needs num_samples >= 0 and positive win/hop; "
+            f"got S={num_samples}, win={win_length}, hop={hop_length}"
+        )
+    if framing == "kaldi":
+        return 0 if num_samples < win_length else 1 + (num_samples - win_length) // hop_length
+    if framing == "center":
+        return 0 if num_samples == 0 else 1 + num_samples // hop_length
+    raise ValueError(f"framing must be one of {FRAMINGS}, got {framing!r}")
+
+
+def frames_from_samples_tensor(
+    num_samples: torch.Tensor, win_length: int, hop_length: int, framing: str = "kaldi"
+) -> torch.Tensor:
+    """Batched :func:`frames_from_samples`: ``(B,)`` int samples -> ``(B,)`` int64 frames."""
+    s = num_samples.to(torch.int64)
+    if framing == "kaldi":
+        return torch.where(s >= win_length, 1 + torch.div(s - win_length, hop_length, rounding_mode="floor"), 0)
+    if framing == "center":
+        return torch.where(s > 0, 1 + torch.div(s, hop_length, rounding_mode="floor"), 0)
+    raise ValueError(f"framing must be one of {FRAMINGS}, got {framing!r}")
+
+
+def min_samples_for_frames(num_frames: int, win_length: int, hop_length: int, framing: str = "kaldi") -> int:
+    """Smallest ``S`` with ``frames_from_samples(S) >= num_frames`` (inverse of the above)."""
+    if num_frames <= 0:
+        return 0
+    if framing == "kaldi":
+        return win_length + (num_frames - 1) * hop_length
+    if framing == "center":
+        return max(1, (num_frames - 1) * hop_length)
+    raise ValueError(f"framing must be one of {FRAMINGS}, got {framing!r}")
+
+
+# ------------------------------------------------------------------ one conv axis
+
+
+def _check_padding(padding: Padding) -> None:
+    if isinstance(padding, bool) or not (
+        padding in ("same", "valid") or (isinstance(padding, int) and padding >= 0)
+    ):
+        raise ValueError(f"padding must be 'same', 'valid' or an int >= 0, got {padding!r}")
+
+
+def same_padding(length: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow SAME padding ``(before, after)`` for one axis of length ``L``."""
+    out = -(-length // stride)  # ceil(L / s)
+    total = max((out - 1) * stride + kernel - length, 0)
+    return total // 2, total - total // 2
+
+
+def conv_out_length(length: int, kernel: int, stride: int, padding: Padding) -> int:
+    """Output length of one conv axis (see the module docstring for the derivation)."""
+    _check_padding(padding)
+    if length < 0 or kernel < 1 or stride < 1:
+        raise ValueError(f"need length >= 0, kernel >= 1, stride >= 1; got {length}, {kernel}, {stride}")
+    if padding == "same":
+        return -(-length // stride)
+    padded = length if padding == "valid" else length + 2 * int(padding)
+    return 0 if padded < kernel else (padded - kernel) // stride + 1
+
+
+def conv_out_length_tensor(lengths: torch.Tensor, kernel: int, stride: int, padding: Padding) -> torch.Tensor:
+    """Batched :func:`conv_out_length`: ``(B,)`` int -> ``(B,)`` int64."""
+    _check_padding(padding)
+    n = lengths.to(torch.int64)
+    if padding == "same":
+        return torch.div(n + stride - 1, stride, rounding_mode="floor")
+    padded = n if padding == "valid" else n + 2 * int(padding)
+    return torch.where(padded >= kernel, torch.div(padded - kernel, stride, rounding_mode="floor") + 1, 0)
+
+
+def conv_min_input(out_length: int, kernel: int, stride: int, padding: Padding) -> int:
+    """Smallest input length whose output has at least ``out_length`` elements."""
+    _check_padding(padding)
+    if out_length <= 0:
+        return 0
+    if padding == "same":
+        return (out_length - 1) * stride + 1
+    pad = 0 if padding == "valid" else 2 * int(padding)
+    return max(1, (out_length - 1) * stride + kernel - pad)
+
+
+def min_pad_before(kernel: int, stride: int, padding: Padding) -> int:
+    """Smallest padding before the input over all input lengths (for the look-ahead).
+
+    For ``same`` the padding before is ``P // 2`` with ``P = k - s`` (when ``L mod s == 0``)
+    or ``k - r`` for ``r = L mod s > 0``; the smallest is ``max(k - s, 0) // 2``.
+    """
+    _check_padding(padding)
+    if padding == "same":
+        return max(kernel - stride, 0) // 2
+    return 0 if padding == "valid" else int(padding)
+
+
+# ---------------------------------------------------------------- a stack of convs
+
+
+@dataclass(frozen=True)
+class AxisGeometry:
+    """Kernel, stride and padding of one layer along one axis."""
+
+    kernel: int
+    stride: int
+    padding: Padding
+
+
+def stack_out_length(length: int, layers: Sequence[AxisGeometry]) -> int:
+    """Length after every layer of a stack, applied in order."""
+    for g in layers:
+        length = conv_out_length(length, g.kernel, g.stride, g.padding)
+    return length
+
+
+def stack_out_length_tensor(lengths: torch.Tensor, layers: Sequence[AxisGeometry]) -> torch.Tensor:
+    """Batched :func:`stack_out_length`: ``(B,)`` -> ``(B,)`` int64."""
+    out = lengths.to(torch.int64)
+    for g in layers:
+        out = conv_out_length_tensor(out, g.kernel, g.stride, g.padding)
+    return out
+
+
+def stack_min_input(layers: Sequence[AxisGeometry], out_length: int = 1) -> int:
+    """Smallest input length that leaves ``out_length`` elements after the whole stack.
+
+    Walks the stack backwards with :func:`conv_min_input`.  Because every output
+    length is monotone in the input length this is exact: the result ``m`` gives
+    ``stack_out_length(m) >= out_length`` and ``stack_out_length(m - 1) < out_length``.
+    Example: two ``valid`` 3x3 stride-2 layers need 3 inputs at the second layer and
+    ``(3 - 1)*2 + 3 = 7`` at the first.
+    """
+    need = out_length
+    for g in reversed(layers):
+        need = conv_min_input(need, g.kernel, g.stride, g.padding)
+    return need
+
+
+def receptive_field(layers: Sequence[AxisGeometry]) -> int:
+    """Input elements seen by one output element: ``r_l = r_{l-1} + (k_l - 1) * j_{l-1}``
+    with ``j_l = j_{l-1} * s_l`` the jump (cumulative stride), ``r_0 = j_0 = 1``."""
+    r, j = 1, 1
+    for g in layers:
+        r += (g.kernel - 1) * j
+        j *= g.stride
+    return r
+
+
+def subsampling(layers: Sequence[AxisGeometry]) -> int:
+    """Cumulative stride: product of the layers' strides."""
+    return math.prod(g.stride for g in layers)
+
+
+def look_ahead(layers: Sequence[AxisGeometry]) -> int:
+    """Future input elements seen by an output element, worst case over lengths.
+
+    Output ``t`` of the stack reads inputs ``[t*J - P, t*J - P + R - 1]`` where ``J`` is
+    the cumulative stride, ``R`` the receptive field and ``P = sum_l p_l * J_{l-1}``
+    the padding before, scaled to the input.  Its own input position is ``t*J``, so
+    the look-ahead is ``R - 1 - P``; the smallest ``P`` (:func:`min_pad_before`) gives
+    the largest look-ahead.  Clamped at 0 (a ``valid`` stack only looks ahead).
+    """
+    j, pad = 1, 0
+    for g in layers:
+        pad += min_pad_before(g.kernel, g.stride, g.padding) * j
+        j *= g.stride
+    return max(receptive_field(layers) - 1 - pad, 0)
+
+
+def make_pad_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
+    """``(B,)`` lengths -> ``(B, T)`` bool, True on valid frames ``t < lengths[b]``."""
+    return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
