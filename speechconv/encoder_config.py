@@ -9,7 +9,7 @@ encoder, its masks, the inspector and the tests share one length arithmetic.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from speechconv import shapes
 from speechconv.shapes import AxisGeometry
@@ -133,7 +133,7 @@ class EncoderConfig:
     """
 
     layers: list[LayerConfig] = field(default_factory=_default_layers)
-    branch: Optional[list[LayerConfig]] = None
+    branch: list[LayerConfig] | None = None
     fusion: str = "mix"
     too_short: str = "error"
 

@@ -10,7 +10,6 @@ properties, never settings.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from speechconv import shapes
 
@@ -79,9 +78,9 @@ class FeatureConfig:
     hop_ms: float = 10.0
     n_fft: int = 512
     f_min: float = 20.0
-    f_max: Optional[float] = None
+    f_max: float | None = None
     mel_scale: str = "htk"
-    mel_norm: Optional[str] = None
+    mel_norm: str | None = None
     framing: str = "kaldi"
     power: float = 2.0
     log_floor: float = FLT_EPSILON
@@ -90,7 +89,7 @@ class FeatureConfig:
     order2: str = "kaldi"
     channels: list[str] = field(default_factory=lambda: list(CHANNELS))
     normalization: str = "none"
-    global_stats_path: Optional[str] = None
+    global_stats_path: str | None = None
     backend: str = "torchaudio"
     preemphasis: float = 0.97
     remove_dc_offset: bool = True

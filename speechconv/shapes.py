@@ -31,17 +31,19 @@ stride ``s`` and dilation 1 (the encoder never dilates):
              gives the same frames alone and in a batch.
 ``int p``    ``p`` zeros on both sides: ``L_out = (L + 2p - k) // s + 1`` when
              ``L + 2p >= k`` and 0 otherwise.
+
+Empty input gives empty output in every mode (padding alone makes no frames).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, Union
 
 import torch
 
-Padding = Union[str, int]
+Padding = str | int
 """One axis' padding: ``"same"``, ``"valid"`` or a non-negative int of zeros per side."""
 
 FRAMINGS = ("kaldi", "center")
@@ -119,6 +121,8 @@ def conv_out_length(length: int, kernel: int, stride: int, padding: Padding) -> 
     _check_padding(padding)
     if length < 0 or kernel < 1 or stride < 1:
         raise ValueError(f"need length >= 0, kernel >= 1, stride >= 1; got {length}, {kernel}, {stride}")
+    if length == 0:
+        return 0
     if padding == "same":
         return -(-length // stride)
     padded = length if padding == "valid" else length + 2 * int(padding)
@@ -132,7 +136,8 @@ def conv_out_length_tensor(lengths: torch.Tensor, kernel: int, stride: int, padd
     if padding == "same":
         return torch.div(n + stride - 1, stride, rounding_mode="floor")
     padded = n if padding == "valid" else n + 2 * int(padding)
-    return torch.where(padded >= kernel, torch.div(padded - kernel, stride, rounding_mode="floor") + 1, 0)
+    keep = (padded >= kernel) & (n > 0)
+    return torch.where(keep, torch.div(padded - kernel, stride, rounding_mode="floor") + 1, 0)
 
 
 def conv_min_input(out_length: int, kernel: int, stride: int, padding: Padding) -> int:
