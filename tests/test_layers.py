@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from speechconv.layers import BlockLinear, GatedMix, LearnedMix
+from speechconv.layers import BlockLinear, GatedMix, LearnedMix, MaskedBatchNorm1d
 
 
 def _n_params(m: torch.nn.Module) -> int:
@@ -125,3 +125,43 @@ def test_layers_script_and_match_eager():
     for module, args in cases:
         scripted = torch.jit.script(module)
         torch.testing.assert_close(scripted(*args), module(*args), rtol=0, atol=0)
+
+
+def _lengths_mask(lengths: list[int], t: int) -> torch.Tensor:
+    return torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]
+
+
+def test_masked_batch_norm_equals_batchnorm1d_on_valid_frames():
+    torch.manual_seed(0)
+    lengths, t, d = [7, 3, 5], 7, 4
+    mask = _lengths_mask(lengths, t)
+    ours, ref = MaskedBatchNorm1d(d), torch.nn.BatchNorm1d(d)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 2.0)
+        ours.bias.uniform_(-1.0, 1.0)
+        ref.weight.copy_(ours.weight)
+        ref.bias.copy_(ours.bias)
+    for step in range(3):
+        x = torch.randn(3, t, d) * 3 + step
+        x[~mask] = 1e3  # garbage in the padding must not leak into the statistics
+        y = ours(x, mask)
+        torch.testing.assert_close(y[mask], ref(x[mask]), rtol=1e-5, atol=1e-5)  # (N, D) valid frames
+        assert torch.all(y[~mask] == 0)
+    torch.testing.assert_close(ours.running_mean, ref.running_mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.running_var, ref.running_var, rtol=1e-5, atol=1e-5)
+    ours.eval()
+    ref.eval()
+    x = torch.randn(3, t, d)
+    torch.testing.assert_close(ours(x, mask)[mask], ref(x[mask]), rtol=1e-5, atol=1e-5)
+
+
+def test_masked_batch_norm_errors_and_script():
+    bn = MaskedBatchNorm1d(4)
+    with pytest.raises(ValueError, match=r"expected x \(B, T, 4\)"):
+        bn(torch.randn(2, 3, 5), torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="at least 2 valid frames"):
+        bn(torch.randn(2, 3, 4), _lengths_mask([1, 0], 3))
+    x, mask = torch.randn(2, 5, 4), _lengths_mask([5, 2], 5)
+    eager, scripted = MaskedBatchNorm1d(4), torch.jit.script(MaskedBatchNorm1d(4))
+    torch.testing.assert_close(scripted(x, mask), eager(x, mask))
+    torch.testing.assert_close(scripted.running_var, eager.running_var)
