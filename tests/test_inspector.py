@@ -1,0 +1,182 @@
+"""The inspector against formulas written here and against real modules and gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from speechconv.encoder_config import EncoderConfig, LayerConfig
+from speechconv.feature_config import FeatureConfig
+from speechconv.inspector import describe, describe_layers, main
+from speechconv.layers import GatedMix, LearnedMix
+
+
+def _conv(kt=3, kf=3, st=2, sf=2, padding="same", filters=32, **kw) -> LayerConfig:
+    return LayerConfig(filters=filters, kernel=[kt, kf], stride=[st, sf], padding=padding, **kw)
+
+
+def test_default_one_second():
+    d = describe()
+    # 16 kHz, 25 ms = 400 samples, 10 ms = 160 samples, whole frames only.
+    frames = 1 + (16000 - 400) // 160
+    assert d.samples == 16000 and d.seconds == 1.0
+    assert d.input_shape == (frames, 80, 3) == (98, 80, 3)
+    assert d.output_shape == (math.ceil(98 / 4), 20, 32)
+    assert [r.name for r in d.rows] == ["layers.0", "layers.1"]
+    assert d.rows[0].out_shape == (49, 40, 32) and d.rows[1].in_shape == (49, 40, 32)
+    # MACs: every output element of layer l costs in * kt * kf multiply-adds.
+    assert d.rows[0].macs == 49 * 40 * 32 * 3 * 3 * 3
+    assert d.rows[1].macs == 25 * 20 * 32 * 32 * 3 * 3
+    assert d.totals.macs == d.rows[0].macs + d.rows[1].macs
+    # Receptive field: 3, then 3 + (3 - 1) * 2 = 7 frames; (7 - 1) * 10 ms + 25 ms = 85 ms.
+    assert (d.rows[0].receptive_field, d.receptive_field, d.receptive_field_ms) == (3, 7, 85.0)
+    assert d.subsampling == 4 and d.rows[0].subsampling == 2
+    assert d.look_ahead_ms == d.look_ahead * 10.0
+    # SAME never runs out of frames: one frame (one window, 400 samples) is enough.
+    assert (d.min_input_frames, d.min_input_samples, d.min_input_freq) == (1, 400, 1)
+
+
+def test_seconds_and_samples_agree():
+    assert describe(seconds=2.5).rows == describe(samples=40000).rows
+    assert describe(seconds=2.5).input_shape[0] == 1 + (40000 - 400) // 160
+    with pytest.raises(ValueError, match="not both"):
+        describe(seconds=1.0, samples=16000)
+    with pytest.raises(ValueError, match="samples=-1"):
+        describe(samples=-1)
+
+
+def _brute_time_geometry(layers: list[tuple[int, int, str | int]], length: int) -> tuple[int, int]:
+    """Receptive field and look-ahead of a stack of 1-D convs, found with autograd.
+
+    TF SAME padding is written out here: out = ceil(L / s), total = max((out - 1) s + k - L, 0),
+    ``total // 2`` before.
+    """
+    x = torch.zeros(1, 1, length, requires_grad=True)
+    y, jump = x, 1
+    for k, s, p in layers:
+        n = y.shape[-1]
+        if p == "same":
+            out = -(-n // s)
+            total = max((out - 1) * s + k - n, 0)
+            y = F.pad(y, (total // 2, total - total // 2))
+            p = 0
+        y = F.conv1d(y, torch.ones(1, 1, k), stride=s, padding=int(p) if p != "valid" else 0)
+        jump *= s
+    field, ahead = 0, 0
+    for t in range(y.shape[-1]):
+        (g,) = torch.autograd.grad(y[0, 0, t], x, retain_graph=True)
+        idx = g[0, 0].nonzero().flatten()
+        # An output near an edge sees padding; the interior outputs show the full field.
+        field = max(field, int(idx.max() - idx.min()) + 1)
+        ahead = max(ahead, int(idx.max()) - t * jump)
+    return field, ahead
+
+
+@pytest.mark.parametrize(
+    "geoms",
+    [
+        [(3, 2, "same"), (3, 2, "same")],
+        [(5, 1, "same"), (3, 3, "valid")],
+        [(3, 1, 1), (4, 2, "same"), (2, 2, "valid")],
+        [(4, 4, "same")],
+    ],
+)
+def test_receptive_field_and_look_ahead_match_autograd(geoms):
+    layers = [_conv(kt=k, st=s, padding=[p, "same"], filters=2) for k, s, p in geoms]
+    d = describe_layers((64, 4, 1), layers)
+    # Worst case over input lengths: the SAME padding before depends on L mod s.
+    lengths = range(40, 40 + math.prod(s for _, s, _ in geoms) * 2)
+    brute = [_brute_time_geometry(geoms, n) for n in lengths]
+    assert d.receptive_field == max(b[0] for b in brute)
+    assert d.look_ahead == max(b[1] for b in brute)
+
+
+def test_frequency_kernel_larger_than_input_names_layer_value_and_minimum():
+    enc = EncoderConfig(layers=[_conv(kf=5, sf=1, padding="valid")])
+    with pytest.raises(ValueError) as err:
+        describe(FeatureConfig(n_mels=4), enc)
+    msg = str(err.value)
+    assert "layers.0" in msg and "F=4" in msg and ">= 5" in msg
+
+
+def test_n_mels_too_small_for_the_stack():
+    # Three valid 3-wide layers along frequency: 6 -> 4 -> 2 -> 0; the minimum is 7.
+    layers = [_conv(kf=3, sf=1, kt=1, st=1, padding="valid", filters=4) for _ in range(3)]
+    with pytest.raises(ValueError) as err:
+        describe(FeatureConfig(n_mels=6), EncoderConfig(layers=layers))
+    msg = str(err.value)
+    assert "layers.2" in msg and "F=2" in msg and ">= 7" in msg
+    assert describe(FeatureConfig(n_mels=7), EncoderConfig(layers=layers)).min_input_freq == 7
+
+
+def test_input_shorter_than_the_minimum():
+    # Two valid 3-frame stride-2 layers need (3 - 1) * 2 + 3 = 7 frames = 400 + 6 * 160 samples.
+    layers = [_conv(padding="valid", kf=1, sf=1) for _ in range(2)]
+    enc = EncoderConfig(layers=layers)
+    ok = describe(encoder=enc, samples=1360)
+    assert ok.input_shape[0] == 7 and ok.output_shape[0] == 1
+    assert (ok.min_input_frames, ok.min_input_samples) == (7, 1360)
+    with pytest.raises(ValueError) as err:
+        describe(encoder=enc, samples=1359)
+    msg = str(err.value)
+    assert "6 frames" in msg and "7 frames" in msg and "1360 samples" in msg and "layers.1" in msg
+    with pytest.raises(ValueError, match="shorter than one 400-sample window"):
+        describe(samples=399)
+
+    padded = describe(encoder=EncoderConfig(layers=layers, too_short="pad"), samples=1359)
+    assert padded.input_shape[0] == 7 and padded.output_shape[0] == 1 and padded.notes
+
+
+@pytest.mark.parametrize("fusion", ["mix", "gated"])
+def test_two_branches_and_their_fusion(fusion):
+    stack = LayerConfig(kind="stack", frames=4, filters=640)
+    enc = EncoderConfig(layers=[LayerConfig(), LayerConfig()], branch=[stack], fusion=fusion)
+    d = describe(encoder=enc)
+    assert [r.name for r in d.rows] == ["layers.0", "layers.1", "branch.0", "fusion"]
+    assert d.output_shape == (25, 640)
+    b = d.row("branch.0")
+    # Stacking 4 frames of 80 x 3 and projecting to 640: a (640, 3, 4, 80) kernel, SAME in time.
+    assert b.out_shape == (math.ceil(98 / 4), 1, 640) and b.kernel_shape == (640, 3, 4, 80)
+    assert b.weights == 640 * 3 * 4 * 80 and b.biases == 0 and b.bn_params == 2 * 640
+    mixer = LearnedMix() if fusion == "mix" else GatedMix(640)
+    assert d.row("fusion").params == sum(p.numel() for p in mixer.parameters())
+    assert d.totals.params == 864 + 9216 + 128 + b.params + d.row("fusion").params
+
+    bad = EncoderConfig(layers=[LayerConfig()], branch=[stack], fusion=fusion)
+    with pytest.raises(ValueError, match="both branches must agree"):
+        describe(encoder=bad)
+
+
+def test_generic_entry_maps_width_to_t_and_height_to_f():
+    # A 1 x 3 kernel along (T, F): only the height (F) shrinks.
+    d = describe_layers((10, 5, 2), [_conv(kt=1, kf=3, st=1, sf=1, padding="valid", filters=4)])
+    assert d.output_shape == (10, 3, 4)
+    conv = nn.Conv2d(2, 4, (1, 3))
+    assert tuple(conv(torch.zeros(1, 2, 10, 5)).shape) == (1, 4, 10, 3)
+    assert d.samples is None and d.receptive_field_ms is None and d.rows[0].min_input_samples is None
+
+
+def test_tables_list_every_row_and_number():
+    stack = LayerConfig(kind="stack", frames=4, filters=640)
+    d = describe(encoder=EncoderConfig(branch=[stack], fusion="gated"))
+    text, md = d.to_text(), d.to_markdown()
+    assert d.format("text") == text and d.format("markdown") == md and str(d) == text
+    for r in d.rows:
+        assert r.name in text and r.name in md
+        assert f"{r.weights:,}" in md and f"{r.macs:,}" in md
+    table = [line for line in md.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + len(d.rows)
+    assert len({line.count("|") for line in table}) == 1
+    assert f"{d.totals.params:,}" in text
+    with pytest.raises(ValueError, match="'html'"):
+        d.format("html")
+
+
+def test_cli_prints_the_table(capsys):
+    main(["--samples", "32000", "--markdown"])
+    out = capsys.readouterr().out
+    assert "| layers.0 |" in out and f"{1 + (32000 - 400) // 160} x 80 x 3" in out
