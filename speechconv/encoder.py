@@ -1,0 +1,351 @@
+"""`ConvEncoder`: strided 2-D conv front-end with exact lengths on padded batches.
+
+The default is the front of Weiss et al. 2017: two conv layers of 32 filters, 3x3,
+stride 2x2, TF SAME padding, batch norm and ReLU, turning ``(B, T, 80, 3)`` features
+into ``(B, ceil(T/4), 20, 32)``.
+
+Exactness on padded batches (every utterance gives the same frames alone and in any
+batch, up to float rounding) comes from :mod:`speechconv.masking`:
+
+* before every conv, each utterance's valid frames are copied into a zero buffer at
+  its own SAME offset (padding before depends on ``L mod stride``), so no conv reads a
+  padding frame and the conv itself runs with no time padding;
+* batch norm in training takes its statistics over valid frames only;
+* the output is zero past each utterance's output length.
+
+Conv bias: a layer's conv has a bias only when the layer has no batch norm (the norm
+subtracts the mean, which would cancel the bias).
+
+In eval mode each batch norm is folded into its conv (same function, one pass less).
+The convs run on channels_last tensors: ``(B, T, F, C)`` features permuted to
+``(B, C, T, F)`` already have channels_last strides, and the output permuted back to
+``(B, T', F', C')`` is contiguous again, so neither permute copies.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from speechconv import masking, shapes
+from speechconv.encoder_config import EncoderConfig, LayerConfig, freq_geometries, time_geometries
+from speechconv.layers import GatedMix, LearnedMix
+
+
+def _activation(name: str) -> nn.Module:
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    if name == "gelu":
+        return nn.GELU()
+    if name == "silu":
+        return nn.SiLU()
+    if name == "tanh":
+        return nn.Tanh()
+    assert name == "none", f"activation {name!r} should have been rejected by LayerConfig.validate"
+    return nn.Identity()
+
+
+def _split_padding(padding: shapes.Padding) -> tuple[bool, int]:
+    """``"same"`` / ``"valid"`` / int -> ``(same, zeros per side)`` for the TorchScript forms."""
+    if padding == "same":
+        return True, 0
+    if padding == "valid":
+        return False, 0
+    return False, int(padding)
+
+
+def _time_formula(layers: list[LayerConfig]) -> str:
+    """The output-length formula of a stack along time, e.g. ``ceil(ceil(T/2)/2)``."""
+    expr = "T"
+    for g in time_geometries(layers):
+        if g.padding == "same":
+            expr = f"ceil({expr}/{g.stride})"
+        else:
+            pad = 0 if g.padding == "valid" else 2 * int(g.padding)
+            inner = f"{expr}{f' + {pad}' if pad else ''} - {g.kernel}"
+            expr = f"floor(({inner})/{g.stride}) + 1"
+    return expr
+
+
+class MaskedConv2dLayer(nn.Module):
+    """One encoder layer: per-utterance padding, conv, (masked) batch norm, activation,
+    dropout.
+
+    Attributes ``conv`` (``nn.Conv2d`` with no padding of its own; bias only without batch
+    norm) and ``norm`` (:class:`speechconv.masking.MaskedBatchNorm2d` or None) carry all
+    parameters.
+
+    Shapes:
+        ``forward(x, lengths)``: ``(B, C, T, F)`` and ``(B,)`` ->
+        ``(B, C', T', F')`` and ``(B,)`` output lengths.  Frames past the output lengths
+        hold garbage (the next layer never reads them; the encoder zeroes its output).
+    """
+
+    def __init__(self, lc: LayerConfig, in_channels: int, in_freq: int, index: str) -> None:
+        super().__init__()
+        tg, fg = lc.time_geometry(), lc.freq_geometry(in_freq)
+        self.time_kernel, self.time_stride = tg.kernel, tg.stride
+        self.time_same, self.time_pad = _split_padding(tg.padding)
+        if fg.padding == "same":
+            self.freq_before, self.freq_after = shapes.same_padding(in_freq, fg.kernel, fg.stride)
+        else:
+            pad = 0 if fg.padding == "valid" else int(fg.padding)
+            self.freq_before, self.freq_after = pad, pad
+        padded_freq = in_freq + self.freq_before + self.freq_after
+        if fg.kernel > padded_freq:
+            raise ValueError(
+                f"encoder {index}: frequency kernel {fg.kernel} is larger than the {padded_freq} rows it sees "
+                f"({in_freq} input rows + padding {fg.padding!r}); use a smaller kernel, 'same' padding or fewer "
+                f"subsampling layers before it"
+            )
+        self.out_freq = shapes.conv_out_length(in_freq, fg.kernel, fg.stride, fg.padding)
+        assert self.out_freq == (padded_freq - fg.kernel) // fg.stride + 1, (
+            f"encoder {index}: frequency padding {self.freq_before}+{self.freq_after} disagrees with shapes.py"
+        )
+        self.out_channels = lc.filters
+        self.conv = nn.Conv2d(
+            in_channels, lc.filters, (tg.kernel, fg.kernel), (tg.stride, fg.stride), padding=0,
+            bias=not lc.batch_norm,
+        )
+        self.norm = masking.MaskedBatchNorm2d(lc.filters) if lc.batch_norm else None
+        self.act = _activation(lc.activation)
+        self.dropout = nn.Dropout(lc.dropout) if lc.dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` ``(B, C, T, F)``, ``lengths`` ``(B,)`` -> ``(B, C', T', F')``, ``(B,)``."""
+        k, s = self.time_kernel, self.time_stride
+        out_time = shapes.conv_out_length_int(x.shape[2], k, s, self.time_same, self.time_pad)
+        assert out_time > 0, f"a batch of {x.shape[2]} frames gives no output; the encoder checks the minimum"
+        out_lengths = shapes.conv_out_length_script(lengths, k, s, self.time_same, self.time_pad)
+        if self.time_same:
+            pad_before = shapes.same_pad_before_tensor(lengths, k, s)
+        else:
+            pad_before = torch.full_like(lengths, self.time_pad)
+        span = shapes.conv_input_span(out_time, k, s)
+        x = masking.pad_per_utterance(x, lengths, pad_before, span, self.freq_before, self.freq_after)
+        norm = self.norm
+        if norm is not None and not self.training and norm.track_running_stats:
+            weight, bias = norm.fold(self.conv.weight, self.conv.bias)
+            y = nn.functional.conv2d(x, weight, bias, self.conv.stride)
+        else:
+            y = self.conv(x)
+            if norm is not None:
+                y = norm(y, masking.time_mask(out_lengths, out_time))
+        y = self.dropout(self.act(y))
+        return y, out_lengths
+
+
+class ConvBranch(nn.Module):
+    """A stack of :class:`MaskedConv2dLayer` (one branch of the encoder).
+
+    Shapes:
+        ``forward(x, lengths)``: ``(B, C, T, F)``, ``(B,)`` -> ``(B, C', T', F')`` zero
+        past each output length, and ``(B,)`` output lengths.
+    """
+
+    def __init__(self, layers: list[LayerConfig], in_channels: int, in_freq: int, name: str) -> None:
+        super().__init__()
+        mods = []
+        for i, lc in enumerate(layers):
+            mod = MaskedConv2dLayer(lc, in_channels, in_freq, f"{name}.{i}")
+            mods.append(mod)
+            in_channels, in_freq = mod.out_channels, mod.out_freq
+        self.layers = nn.ModuleList(mods)
+        self.out_channels, self.out_freq = in_channels, in_freq
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, C, T, F)``, ``(B,)`` -> ``(B, C', T', F')``, ``(B,)``."""
+        for layer in self.layers:
+            x, lengths = layer(x, lengths)
+        return masking.zero_padding(x, lengths), lengths
+
+
+class ConvEncoder(nn.Module):
+    """Strided 2-D conv encoder over ``(B, T, F, C)`` features with exact lengths.
+
+    Args:
+        config: layers, optional second branch, fusion and too-short policy;
+            None for the default (Weiss et al. 2017: 2 x [32 filters, 3x3, stride 2x2,
+            SAME, batch norm, ReLU]).
+        input_freq: ``F`` of the input features (80 mel bins).
+        input_channels: ``C`` of the input features (3: static, delta, delta-delta).
+        flatten: return ``(B, T', F' * C')`` instead of ``(B, T', F', C')``, the input of
+            an RNN or Transformer.  Each frame's vector is F' major, C' minor:
+            ``(B, C', T', F') -> (B, T', F', C') -> (B, T', F' * C')``, so element
+            ``f * C' + c`` is row ``f``, channel ``c``.  Ignored with a branch, which
+            always returns ``(B, T', D)``.
+
+    Shapes:
+        ``forward(features, lengths)``: features ``(B, T, F, C)`` (frames past each length
+        are ignored, whatever they hold), lengths ``(B,)`` ints ``<= T`` ->
+        ``(out, out_lengths)`` with ``out`` ``(B, T', F', C')`` (or ``(B, T', D)``, see
+        ``flatten``), zero past each output length, ``T'`` the stack's length formula
+        applied to ``T`` (so ``max(out_lengths) == T'`` when the longest utterance fills
+        the batch), and ``out_lengths = output_lengths(lengths)``.
+
+    Too-short utterances (fewer than :attr:`min_input_frames` frames), by
+    ``config.too_short``: ``error`` raises a ``ValueError`` naming the batch index, its
+    length and the minimum; ``pad`` zero-pads them to the minimum, so their output
+    length is that of the minimum (at least one frame).
+
+    Two branches (``config.branch``): both read the same input, are flattened to
+    ``(B, T', D)`` and fused by ``LearnedMix`` (``fusion="mix"``) or ``GatedMix(D)``
+    (``"gated"``); their ``T'`` formulas and ``D`` must agree (checked at construction).
+
+    TorchScript: ``torch.jit.script(ConvEncoder(...))`` compiles ``forward``; the
+    properties and :meth:`output_lengths` stay Python-only.
+    """
+
+    __jit_unused_properties__ = ["output_dim", "subsampling", "min_input_frames", "out_freq", "out_channels"]
+    __jit_ignored_attributes__ = ["config"]
+
+    def __init__(
+        self,
+        config: EncoderConfig | None = None,
+        input_freq: int = 80,
+        input_channels: int = 3,
+        flatten: bool = False,
+    ) -> None:
+        super().__init__()
+        self.config = EncoderConfig() if config is None else config
+        self.config.validate()
+        for name, value in (("input_freq", input_freq), ("input_channels", input_channels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ConvEncoder {name}={value!r} is invalid: expected an int >= 1")
+        self.input_freq, self.input_channels = input_freq, input_channels
+        layer_lists = self.config.branches()
+        names = ["layers", "branch"]
+        self.branches = nn.ModuleList(
+            [ConvBranch(ls, input_channels, input_freq, names[i]) for i, ls in enumerate(layer_lists)]
+        )
+        self.has_branch = len(layer_lists) > 1
+        self.flatten = flatten or self.has_branch
+        self.too_short_pad = self.config.too_short == "pad"
+        self.min_frames = max(shapes.stack_min_input(time_geometries(ls)) for ls in layer_lists)
+        self.fusion: nn.Module | None = None
+        if self.has_branch:
+            self._check_branches_agree(layer_lists)
+            dim = self.branches[0].out_freq * self.branches[0].out_channels
+            self.fusion = LearnedMix() if self.config.fusion == "mix" else GatedMix(dim)
+
+    def _check_branches_agree(self, layer_lists: list[list[LayerConfig]]) -> None:
+        dims = [br.out_freq * br.out_channels for br in self.branches]
+        geoms = [time_geometries(ls) for ls in layer_lists]
+        # T'(L) of a stack is (L + c) / J with floors, J the product of strides, after a
+        # transient shorter than the receptive fields: checking every L up to a few
+        # periods past both receptive fields decides agreement for all L.
+        horizon = 4 * (shapes.subsampling(geoms[0]) * shapes.subsampling(geoms[1])
+                       + shapes.receptive_field(geoms[0]) + shapes.receptive_field(geoms[1]) + 8)
+        grid = torch.arange(horizon)
+        t0, t1 = (shapes.stack_out_length_tensor(grid, g) for g in geoms)
+        differ = torch.nonzero(t0 != t1).flatten()
+        if dims[0] != dims[1] or differ.numel() > 0:
+            formulas = [_time_formula(ls) for ls in layer_lists]
+            shapes_txt = [
+                f"D = {br.out_freq}*{br.out_channels} = {d}, T' = {f}"
+                for br, d, f in zip(self.branches, dims, formulas, strict=True)
+            ]
+            where = f"; they first differ at T={int(differ[0])}" if differ.numel() > 0 else ""
+            raise ValueError(
+                f"encoder branches must give the same (T', D) to be fused: layers give {shapes_txt[0]}; "
+                f"branch gives {shapes_txt[1]}{where}. Change the branch's strides, frames, padding or filters "
+                f"so both match"
+            )
+
+    # ---------------------------------------------------------------- derived values
+
+    @property
+    def out_freq(self) -> int:
+        """``F'`` of the main branch (20 by default)."""
+        return self.branches[0].out_freq
+
+    @property
+    def out_channels(self) -> int:
+        """``C'`` of the main branch (32 by default)."""
+        return self.branches[0].out_channels
+
+    @property
+    def output_dim(self) -> int:
+        """``D = F' * C'`` of the flattened output (640 by default); the fused ``D`` with a branch."""
+        return self.out_freq * self.out_channels
+
+    @property
+    def subsampling(self) -> int:
+        """Frames in per frame out along time (4 by default)."""
+        return shapes.subsampling(time_geometries(self.config.layers))
+
+    @property
+    def min_input_frames(self) -> int:
+        """Fewest input frames that give one output frame (max over branches)."""
+        return self.min_frames
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` input lengths -> ``(B,)`` output lengths, as ``forward`` returns them.
+
+        Under ``too_short="pad"`` short lengths count as :attr:`min_input_frames`.
+        """
+        lengths = lengths.to(torch.int64)
+        if self.too_short_pad:
+            lengths = lengths.clamp(min=self.min_frames)
+        return shapes.stack_out_length_tensor(lengths, time_geometries(self.config.layers))
+
+    def freq_geometries(self) -> list[list[shapes.AxisGeometry]]:
+        """Per branch, each layer's frequency geometry (for the shape inspector)."""
+        return [freq_geometries(ls, self.input_freq) for ls in self.config.branches()]
+
+    # ------------------------------------------------------------------------ forward
+
+    def _check_input(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validate ``(B, T, F, C)`` features and ``(B,)`` lengths; apply the too-short policy."""
+        if features.dim() != 4 or features.shape[2] != self.input_freq or features.shape[3] != self.input_channels:
+            raise ValueError(
+                f"ConvEncoder expected features (B, T, {self.input_freq}, {self.input_channels}), got "
+                f"{list(features.shape)}; pass (batch, frames, mel bins, channels) or set input_freq/input_channels"
+            )
+        if lengths.dim() != 1 or lengths.shape[0] != features.shape[0]:
+            raise ValueError(
+                f"ConvEncoder expected lengths of shape ({features.shape[0]},), got {list(lengths.shape)}"
+            )
+        if lengths.is_floating_point() or lengths.dtype == torch.bool:
+            raise ValueError(f"ConvEncoder lengths must be integers, got dtype {lengths.dtype}")
+        lengths = lengths.to(torch.int64)
+        num_frames = features.shape[1]
+        bad = torch.nonzero((lengths < 0) | (lengths > num_frames)).flatten()
+        if bad.numel() > 0:
+            i = int(bad[0])
+            raise ValueError(
+                f"ConvEncoder lengths[{i}]={int(lengths[i])} is outside [0, {num_frames}] (the padded T of features)"
+            )
+        short = torch.nonzero(lengths < self.min_frames).flatten()
+        if short.numel() > 0:
+            if not self.too_short_pad:
+                i = int(short[0])
+                raise ValueError(
+                    f"utterance {i} of the batch has {int(lengths[i])} frames, but this encoder needs at least "
+                    f"{self.min_frames} frames; drop or pad short utterances, or set encoder.too_short=pad"
+                )
+            # Frames past the old lengths may hold anything: zero them before they count.
+            features = features * shapes.make_pad_mask(lengths, num_frames)[:, :, None, None].to(features.dtype)
+            lengths = lengths.clamp(min=self.min_frames)
+            if num_frames < self.min_frames:
+                extra = self.min_frames - num_frames
+                features = nn.functional.pad(features, (0, 0, 0, 0, 0, extra))  # (B, T, F, C) -> (B, T+e, F, C)
+        return features, lengths
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``features`` ``(B, T, F, C)``, ``lengths`` ``(B,)`` -> ``(B, T', F', C')`` or
+        ``(B, T', D)``, and ``(B,)`` output lengths."""
+        features, lengths = self._check_input(features, lengths)
+        x = features.permute(0, 3, 1, 2)  # (B, T, F, C) -> (B, C, T, F), channels_last strides
+        outs: list[torch.Tensor] = []
+        out_lengths = lengths
+        for branch in self.branches:
+            y, out_lengths = branch(x, lengths)
+            y = y.permute(0, 2, 3, 1)  # (B, C', T', F') -> (B, T', F', C')
+            if self.flatten:
+                y = y.reshape(y.shape[0], y.shape[1], -1)  # (B, T', F', C') -> (B, T', F' * C')
+            outs.append(y)
+        fusion = self.fusion
+        if fusion is not None:
+            return fusion(outs[0], outs[1]), out_lengths
+        return outs[0], out_lengths

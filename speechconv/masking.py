@@ -1,0 +1,207 @@
+"""Masks for padded batches: time masks, per-utterance padding, masked batch norm.
+
+A padded batch holds utterances of different lengths in one ``(B, C, T, F)`` tensor.
+For every utterance to give the same frames alone and in a batch, three things must
+hold at every conv layer (see :mod:`speechconv.shapes` for the length arithmetic):
+
+1. the conv reads zeros wherever the utterance has no frame (padding frames must not
+   leak into valid ones);
+2. TF SAME padding *before* the utterance depends on its own length ``L mod stride``,
+   so each utterance is shifted by its own amount (:func:`pad_per_utterance`);
+3. batch-norm statistics in training are taken over valid frames only
+   (:class:`MaskedBatchNorm2d`), so appending padding changes nothing.
+
+Everything here is TorchScript-scriptable.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from speechconv import shapes
+
+
+def time_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
+    """``(B,)`` lengths -> ``(B, 1, T, 1)`` bool mask of valid frames, ``T = max_length``,
+    shaped to broadcast against the conv layout ``(B, C, T, F)``."""
+    mask = shapes.make_pad_mask(lengths, max_length)  # (B, T)
+    return mask[:, None, :, None]  # (B, T) -> (B, 1, T, 1)
+
+
+def zero_padding(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Zero every frame past each utterance's length.
+
+    Args:
+        x: ``(B, C, T, F)``.
+        lengths: ``(B,)`` valid frames per utterance, each ``<= T``.
+
+    Returns:
+        ``(B, C, T, F)``, a new tensor (same memory format as ``x``).
+    """
+    return x * time_mask(lengths, x.shape[2]).to(x.dtype)
+
+
+def pad_per_utterance(
+    x: torch.Tensor,
+    lengths: torch.Tensor,
+    pad_before: torch.Tensor,
+    out_time: int,
+    freq_before: int,
+    freq_after: int,
+) -> torch.Tensor:
+    """Copy each utterance's valid frames into a zero buffer at its own time offset.
+
+    Utterance ``b`` is placed at frames ``[pad_before[b], pad_before[b] + L_b)`` of the
+    buffer, and at ``[freq_before, freq_before + F)`` along frequency; everything else
+    is zero.  Only valid frames are copied, so whatever lies past ``L_b`` in ``x`` (the
+    previous layer's output on padding) is never read: this is the encoder's masking
+    before every conv.  Frames that would fall past ``out_time`` are dropped; a conv
+    whose kernel is smaller than its stride never reads them.
+
+    One small copy per utterance (a Python loop over ``B``) writes each element once;
+    grouping utterances by offset would need an extra masking pass.
+
+    Args:
+        x: ``(B, C, T, F)`` input of one conv.
+        lengths: ``(B,)`` valid frames, each ``<= T``.
+        pad_before: ``(B,)`` zeros before each utterance (per-utterance SAME, or a
+            constant for int padding, 0 for valid).
+        out_time: time size of the buffer (the span read by the conv's outputs).
+        freq_before, freq_after: zeros before and after along frequency (the same for
+            every utterance).
+
+    Returns:
+        ``(B, C, out_time, freq_before + F + freq_after)``, channels_last when ``x`` is.
+    """
+    b_size, c_size, _, f_size = x.shape
+    f_pad = freq_before + f_size + freq_after
+    if x.is_contiguous(memory_format=torch.channels_last):
+        # (B, T, F, C) storage viewed as (B, C, T, F): channels_last strides.
+        buf = x.new_zeros((b_size, out_time, f_pad, c_size)).permute(0, 3, 1, 2)  # (B, T, F, C) -> (B, C, T, F)
+    else:
+        buf = x.new_zeros((b_size, c_size, out_time, f_pad))
+    lens = torch.jit.annotate(list[int], lengths.tolist())
+    offsets = torch.jit.annotate(list[int], pad_before.tolist())
+    for b in range(b_size):
+        n = min(lens[b], out_time - offsets[b])
+        if n > 0:
+            p = offsets[b]
+            buf[b, :, p : p + n, freq_before : freq_before + f_size].copy_(x[b, :, :n])
+    return buf
+
+
+class MaskedBatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` whose training statistics cover valid frames only.
+
+    In training, mean and (biased) variance per channel are taken over every valid
+    ``(b, t)`` position and all ``f``; the running statistics are updated exactly as
+    ``nn.BatchNorm2d`` does (``momentum``, or a cumulative average when ``momentum`` is
+    None; the running variance is the unbiased one, ``n / (n - 1)`` times the batch's).
+    In eval the running statistics are used and the mask is irrelevant.  Parameters and
+    buffers (``weight``, ``bias``, ``running_mean``, ``running_var``,
+    ``num_batches_tracked``) have the names and shapes of ``nn.BatchNorm2d``, so a
+    state dict loads into either.
+
+    Outputs on padding frames are not zero (they are ``bias`` after normalising zeros
+    and garbage); callers mask them.
+
+    Shapes:
+        ``forward(x, mask)``: ``x`` ``(B, C, T, F)``; ``mask`` ``(B, 1, T, 1)`` bool
+        (True on valid frames) or None for "all valid" -> ``(B, C, T, F)``.
+    """
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` ``(B, C, T, F)``, ``mask`` ``(B, 1, T, 1)`` bool or None -> ``(B, C, T, F)``."""
+        use_batch_stats = self.training or not self.track_running_stats
+        if not use_batch_stats or mask is None:
+            return self._native(x)
+        count = int(mask.sum()) * x.shape[3]
+        if count == x.shape[0] * x.shape[2] * x.shape[3]:
+            # No padding: the fused native kernel, identical to nn.BatchNorm2d.
+            return self._native(x)
+        if count <= 1:
+            raise ValueError(
+                f"MaskedBatchNorm2d needs more than 1 valid value per channel in training, got {count} "
+                "(valid frames x frequency rows); use longer utterances or a larger batch"
+            )
+        m = mask.to(x.dtype)
+        mean = (x * m).sum(dim=(0, 2, 3)) / count  # (C,)
+        centred = (x - mean[None, :, None, None]) * m  # (B, C, T, F), zero on padding
+        var = (centred * centred).sum(dim=(0, 2, 3)) / count  # (C,) biased
+        if self.training and self.track_running_stats:
+            self._update_running(mean.detach(), var.detach(), count)
+        out = centred * torch.rsqrt(var + self.eps)[None, :, None, None]  # (C,) -> (1, C, 1, 1)
+        weight = self.weight
+        bias = self.bias
+        if weight is not None and bias is not None:
+            out = out * weight[None, :, None, None] + bias[None, :, None, None]  # (C,) -> (1, C, 1, 1)
+        return out
+
+    def _native(self, x: torch.Tensor) -> torch.Tensor:
+        """``nn.BatchNorm2d.forward`` (restated: TorchScript cannot call ``super()``).
+
+        ``x`` ``(B, C, T, F)`` -> ``(B, C, T, F)``."""
+        factor = 0.0 if self.momentum is None else self.momentum
+        tracked = self.num_batches_tracked
+        if self.training and self.track_running_stats and tracked is not None:
+            tracked.add_(1)
+            momentum = self.momentum
+            factor = 1.0 / float(tracked.item()) if momentum is None else momentum
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        keep_running = not self.training or self.track_running_stats
+        return F.batch_norm(
+            x,
+            self.running_mean if keep_running else None,
+            self.running_var if keep_running else None,
+            self.weight,
+            self.bias,
+            use_batch_stats,
+            factor,
+            self.eps,
+        )
+
+    def _update_running(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+        """Running-statistics update of ``nn.BatchNorm2d``: ``mean``, ``var`` (biased)
+        ``(C,)`` over ``count`` values per channel."""
+        running_mean = self.running_mean
+        running_var = self.running_var
+        tracked = self.num_batches_tracked
+        assert running_mean is not None and running_var is not None and tracked is not None, (
+            "track_running_stats=True must come with running buffers"
+        )
+        tracked.add_(1)
+        momentum = self.momentum
+        factor = 1.0 / float(tracked.item()) if momentum is None else momentum
+        unbiased = var * (count / (count - 1))
+        running_mean.mul_(1.0 - factor).add_(mean, alpha=factor)
+        running_var.mul_(1.0 - factor).add_(unbiased, alpha=factor)
+
+    def fold(self, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fold this batch norm, with its running statistics, into the conv before it.
+
+        ``bn(conv(x)) = conv'(x)`` with ``w' = w * s`` and ``b' = (b - mean) * s + beta``,
+        ``s = gamma / sqrt(running_var + eps)``: one pass over the output instead of two.
+
+        Args:
+            weight: ``(C_out, C_in, kT, kF)`` conv weight.
+            bias: ``(C_out,)`` conv bias or None.
+
+        Returns:
+            ``(weight', bias')`` with the shapes of ``weight`` and ``(C_out,)``.
+        """
+        running_mean = self.running_mean
+        running_var = self.running_var
+        assert running_mean is not None and running_var is not None, "folding needs running statistics"
+        scale = torch.rsqrt(running_var + self.eps)
+        gamma = self.weight
+        beta = self.bias
+        if gamma is not None:
+            scale = scale * gamma
+        shift = -running_mean * scale
+        if bias is not None:
+            shift = shift + bias * scale
+        if beta is not None:
+            shift = shift + beta
+        return weight * scale[:, None, None, None], shift  # (C_out,) -> (C_out, 1, 1, 1)
