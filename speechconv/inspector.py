@@ -116,7 +116,8 @@ class Description:
     """What :func:`describe` / :func:`describe_layers` found.
 
     Attributes:
-        input_shape: the encoder input ``(T, F, C)``.
+        input_shape: the encoder input ``(T, F, C)`` (before ``too_short='pad'``
+            pads it; the first row's ``in_shape`` is the padded one).
         output_shape: ``(T', F', C')``, or ``(T', D)`` when two branches are fused.
         rows: main-branch layers, then second-branch layers, then the fusion.
         totals: sums over ``rows``.
@@ -305,6 +306,7 @@ def _describe(
     names = ["layers", "branch"]
     notes = []
     min_frames = max(shapes.stack_min_input(time_geometries(b)) for b in branches)
+    given = (t, f, c)
     if t < min_frames and encoder.too_short == "pad":
         notes.append(
             f"input of {t} frames is shorter than the minimum {min_frames}; encoder.too_short='pad' "
@@ -369,7 +371,7 @@ def _describe(
     )
     seconds = None if samples is None or features is None else samples / features.sample_rate
     return Description(
-        input_shape=(t, f, c),
+        input_shape=given,
         output_shape=output_shape,
         rows=rows,
         totals=totals,
@@ -649,11 +651,20 @@ def _input_features(
 
 
 def _layer_module(model: torch.nn.Module, name: str) -> torch.nn.Module:
-    """The submodule of a :class:`speechconv.ConvEncoder` that computes row ``name``."""
+    """The submodule of a :class:`speechconv.ConvEncoder` that computes row ``name``.
+
+    ``layers.i`` is ``branches[0].layers[i]``, ``branch.i`` is ``branches[1].layers[i]``
+    and ``fusion`` is ``fusion`` (see :mod:`speechconv.encoder`).
+    """
+    if name == "fusion":
+        path = "fusion"
+    else:
+        prefix, index = name.split(".")
+        path = f"branches.{0 if prefix == 'layers' else 1}.layers.{index}"
     try:
-        return model.get_submodule(name)
+        return model.get_submodule(path)
     except AttributeError as exc:
-        raise AssertionError(f"ConvEncoder has no submodule {name!r} for inspector row {name!r}: {exc}") from exc
+        raise AssertionError(f"ConvEncoder has no submodule {path!r} for inspector row {name!r}: {exc}") from exc
 
 
 def _per_example(x: object, fusion: bool) -> Shape:
@@ -731,8 +742,9 @@ def check_against_forward(
         if expected != actual:
             mismatches.append(f"{what}: described {expected}, real {actual}")
 
-    same("input frames T", d.input_shape[0] if not d.notes else t, t)
-    same("input (T, F, C)", d.input_shape, (t, f, c))
+    if feature_cfg is not None:
+        same("feature frames T", feature_cfg.num_frames(d.samples), t)
+    same("input (F, C)", d.input_shape[1:], (f, c))
     for row in d.rows:
         real = seen[row.name]
         for key in ("in_shape", "out_shape", "weights", "biases", "bn_params", "bn_buffers"):

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
+from speechconv.encoder import ConvEncoder
 from speechconv.encoder_config import EncoderConfig, LayerConfig
 from speechconv.feature_config import FeatureConfig
-from speechconv.inspector import describe, describe_layers, main
+from speechconv.inspector import ShapeMismatch, check_against_forward, describe, describe_layers, main
 from speechconv.layers import GatedMix, LearnedMix
 
 
@@ -128,7 +132,8 @@ def test_input_shorter_than_the_minimum():
         describe(samples=399)
 
     padded = describe(encoder=EncoderConfig(layers=layers, too_short="pad"), samples=1359)
-    assert padded.input_shape[0] == 7 and padded.output_shape[0] == 1 and padded.notes
+    assert padded.input_shape[0] == 6 and padded.rows[0].in_shape[0] == 7
+    assert padded.output_shape[0] == 1 and padded.notes
 
 
 @pytest.mark.parametrize("fusion", ["mix", "gated"])
@@ -180,3 +185,93 @@ def test_cli_prints_the_table(capsys):
     main(["--samples", "32000", "--markdown"])
     out = capsys.readouterr().out
     assert "| layers.0 |" in out and f"{1 + (32000 - 400) // 160} x 80 x 3" in out
+
+
+# ------------------------------------------------------------ against the real encoder
+
+_pad = st.one_of(st.sampled_from(["same", "valid"]), st.integers(0, 2))
+_conv_layers = st.builds(
+    LayerConfig,
+    kind=st.just("conv"),
+    filters=st.integers(1, 8),
+    kernel=st.lists(st.integers(1, 5), min_size=2, max_size=2),
+    stride=st.lists(st.integers(1, 3), min_size=2, max_size=2),
+    padding=st.one_of(_pad, st.lists(_pad, min_size=2, max_size=2)),
+    batch_norm=st.booleans(),
+    activation=st.sampled_from(["relu", "none", "tanh"]),
+)
+_stack_layers = st.builds(
+    LayerConfig, kind=st.just("stack"), filters=st.integers(1, 8), frames=st.integers(1, 4), batch_norm=st.booleans()
+)
+_encoders = st.builds(
+    EncoderConfig,
+    layers=st.lists(st.one_of(_conv_layers, _conv_layers, _stack_layers), min_size=1, max_size=4),
+    too_short=st.sampled_from(["error", "pad"]),
+)
+
+
+def _real_layers(model: nn.Module) -> list[nn.Module]:
+    """The encoder's per-layer modules in forward order: the ones that own a ``conv``."""
+    return [m for m in model.modules() if isinstance(getattr(m, "conv", None), nn.Conv2d)]
+
+
+_small_or_any = st.one_of(st.integers(1, 6), st.integers(1, 40))
+
+
+@given(enc=_encoders, t=_small_or_any, f=_small_or_any, c=st.integers(1, 4))
+@settings(max_examples=40, deadline=None)
+def test_description_equals_the_real_encoder(enc, t, f, c):
+    try:
+        d = describe_layers((t, f, c), enc)
+    except ValueError:
+        d = None
+    try:
+        model = ConvEncoder(enc, input_freq=f, input_channels=c).eval()
+        layers = _real_layers(model)
+        seen = []
+        for m in layers:
+            m.register_forward_hook(lambda mod, inp, out: seen.append((tuple(inp[0].shape), tuple(out[0].shape))))
+        with torch.no_grad():
+            out, out_len = model(torch.randn(1, t, f, c), torch.tensor([t]))
+    except ValueError:
+        assert d is None, f"the encoder rejects {enc} on {(t, f, c)} but the inspector described it"
+        event("both reject")
+        return
+    event("both describe")
+    assert d is not None, f"the inspector rejects {enc} on {(t, f, c)} but the encoder ran it"
+    assert len(d.rows) == len(layers) == len(seen)
+    for row, m, (x, y) in zip(d.rows, layers, seen, strict=True):
+        assert row.in_shape == (x[2], x[3], x[1])  # (B, C, T, F) -> (T, F, C)
+        assert row.out_shape == (y[2], y[3], y[1])
+        assert row.kernel_shape == tuple(m.conv.weight.shape)
+        assert row.weights == m.conv.weight.numel()
+        assert row.biases == (0 if m.conv.bias is None else m.conv.bias.numel())
+        norm_params = [p.numel() for p in m.norm.parameters()] if m.norm is not None else []
+        norm_buffers = [b.numel() for b in m.norm.buffers()] if m.norm is not None else []
+        assert row.bn_params == sum(norm_params) and row.bn_buffers == sum(norm_buffers)
+    assert d.output_shape == tuple(out.shape[1:]) and d.output_shape[0] == int(out_len[0])
+    assert d.totals.params == sum(p.numel() for p in model.parameters())
+    assert d.totals.bn_buffers == sum(b.numel() for b in model.buffers())
+    assert check_against_forward(d).ok
+
+
+def test_check_against_forward_passes_on_a_two_branch_encoder():
+    enc = EncoderConfig(branch=[LayerConfig(kind="stack", frames=4, filters=640)], fusion="gated")
+    report = check_against_forward(describe_layers((98, 80, 3), enc))
+    assert report.ok and set(report.actual) == {"layers.0", "layers.1", "branch.0", "fusion"}
+    assert report.actual["fusion"]["weights"] == 2 * 1280 and report.actual["fusion"]["biases"] == 2
+
+
+def test_check_against_forward_lists_every_mismatch():
+    d = describe_layers((98, 80, 3), EncoderConfig())
+    wrong = dataclasses.replace(d.rows[0], weights=1, out_shape=(1, 2, 3))
+    bad = dataclasses.replace(d, rows=[wrong, d.rows[1]], output_shape=(24, 20, 32))
+    with pytest.raises(ShapeMismatch) as err:
+        check_against_forward(bad)
+    msg = str(err.value)
+    assert "4 place(s)" in msg  # the output length (24 vs 25) is the fourth
+    assert "layers.0 weights: described 1, real 864" in msg
+    assert "layers.0 out_shape: described (1, 2, 3), real (49, 40, 32)" in msg
+    assert "encoder output shape: described (24, 20, 32), real (25, 20, 32)" in msg
+    report = check_against_forward(bad, raise_on_mismatch=False)
+    assert not report.ok and len(report.mismatches) == 4
