@@ -75,6 +75,7 @@ class BlockLinear(nn.Module):
 
 
 def _check_same_shape(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Raise a ``ValueError`` naming both shapes unless ``x`` and ``y`` (any ``(..., D)``) match."""
     if x.shape != y.shape:
         raise ValueError(
             f"{name} fuses two tensors of the same shape, got {list(x.shape)} and {list(y.shape)}; "

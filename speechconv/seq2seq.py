@@ -184,6 +184,8 @@ class Seq2Seq(nn.Module):
         return logits, (h, c), context
 
     def _check_targets(self, targets: torch.Tensor, target_lengths: torch.Tensor, batch: int) -> None:
+        """Raise a ``ValueError`` unless ``targets`` is int64 ``(B, U)`` and ``target_lengths``
+        ``(B,)`` in ``[0, U]``, with only plain (non-special, in-vocabulary) ids in the valid part."""
         if targets.dim() != 2 or targets.shape[0] != batch or targets.dtype != torch.int64:
             raise ValueError(f"targets must be int64 (B={batch}, U), got {targets.dtype} {list(targets.shape)}")
         if target_lengths.shape != (batch,) or bool(((target_lengths < 0) | (target_lengths > targets.shape[1])).any()):

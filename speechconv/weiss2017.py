@@ -7,14 +7,15 @@ Translate Foreign Speech" (arXiv:1703.08581, Sec. 3):
     -> 3 bidirectional LSTMs, 256 units per direction, each followed by
        a 512-dim linear projection, batch norm and ReLU                (B, T/4, 512)
 
-Layer count.  The paper says "the encoder is composed of a total of 8 layers" and
-describes 2 conv + 1 ConvLSTM + 3 BiLSTM layers (6) "interleaved with a 512-dim linear
-projection, followed by batch norm and a ReLU".  Our reading: "interleaved" puts a
-projection between consecutive LSTM layers, i.e. 2 projections, and 6 + 2 = 8.  The
-last BiLSTM already emits 2 * 256 = 512 values, which is the paper's "final 512-dim
-encoder representation" either way.  Our default (``project_last=True``, as the
-project's brief asks) also projects after the last BiLSTM (9 weight layers counted this
-way); ``project_last=False`` gives the 8-layer reading exactly.
+Layer count.  Sec. 3 of the paper says "the encoder is composed of a total of 8
+layers" and describes 2 conv + 1 ConvLSTM + 3 BiLSTM layers (6 recurrent or conv
+layers) "interleaved with a 512-dim linear projection, followed by batch norm and a
+ReLU".  Our reading: "interleaved" puts a projection between consecutive BiLSTMs, i.e.
+2 projections, and 6 + 2 = 8.  The last BiLSTM already emits 2 * 256 = 512 values, the
+paper's "final 512-dim encoder representation" either way.  Our default
+(``project_last=True``, as the project's brief asks) also projects after the last
+BiLSTM (9 weight layers counted this way); ``project_last=False`` is the 8-layer
+reading exactly.
 
 The ConvLSTM's filter count is not given in the paper; we default to 32, the conv
 front's width.
