@@ -214,12 +214,14 @@ def test_manifest_dataset(tmp_path):
     shutil.copy(FIXTURES / "english_8k.wav", tmp_path / "a.wav")
     shutil.copy(FIXTURES / "yes_1000ms.wav", tmp_path / "b.wav")
     rows = [{"audio_filepath": "a.wav", "text": "Some English, spoken."}, {"audio_filepath": "b.wav", "text": "Yes!"}]
+    # other rates and containers: the header-based lengths must match the loaded audio
+    rows += [{"audio_filepath": str(FIXTURES / name), "text": "x"} for name in ("198-209-0000.ogg", "french.aiff")]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     entries, problems = read_manifest(tmp_path / "m.jsonl")
     assert problems == []
     data = ManifestDataset(entries, FEATURES, VOCAB)
     assert [data[i].text for i in range(2)] == ["some english spoken", "yes"]
-    assert [data[i].features.shape[0] for i in range(2)] == data.frame_lengths()
+    assert [data[i].features.shape[0] for i in range(4)] == data.frame_lengths()
     assert data.frame_lengths()[1] == FEATURES.num_frames(16000)
     bad = [entries[0].__class__(entries[0].audio_filepath, "costs $5")]
     with pytest.raises(ValueError, match="a.wav"):
