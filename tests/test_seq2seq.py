@@ -225,3 +225,54 @@ def test_empty_and_short_targets_score_one_eos_each(seed, u):
         per_item = model(feats, lengths, targets, target_lengths, reduction="none")
     torch.testing.assert_close(per_item[0], -logp[0, 0, EOS], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(per_item[2], -logp[2, 0, EOS], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------- real speech
+
+
+def _real_features(paths: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, 80, 3) log-mel + deltas of real 16 kHz clips, made with torchaudio's Kaldi
+    fbank (independent of speechconv's front-end), per-utterance normalised, padded."""
+    import soundfile as sf
+    import torchaudio
+
+    feats = []
+    for path in paths:
+        wav, sr = sf.read(str(path), dtype="float32")
+        assert sr == 16000
+        fbank = torchaudio.compliance.kaldi.fbank(torch.from_numpy(wav)[None] * 32768, num_mel_bins=80,
+                                                  sample_frequency=16000, dither=0.0)  # (T, 80)
+        fbank = (fbank - fbank.mean(0)) / fbank.std(0).clamp(min=1e-3)
+        d1 = torchaudio.functional.compute_deltas(fbank.T).T  # (T, 80) -> (80, T) -> (T, 80)
+        d2 = torchaudio.functional.compute_deltas(d1.T).T
+        feats.append(torch.stack([fbank, d1, d2], dim=-1))  # 3 x (T, 80) -> (T, 80, 3)
+    lengths = torch.tensor([f.shape[0] for f in feats])
+    return torch.nn.utils.rnn.pad_sequence(feats, batch_first=True), lengths
+
+
+@pytest.mark.parametrize("encoder", sorted(ENCODERS))
+def test_learns_yes_and_no_from_real_speech(encoder, fixtures_dir):
+    from speechconv.text import CharVocabulary
+
+    vocab = CharVocabulary()
+    feats, lengths = _real_features([fixtures_dir / "yes_1000ms.wav", fixtures_dir / "no_1000ms.wav"])
+    words = ["yes", "no"]
+    ids = [vocab.encode(w) for w in words]
+    targets = torch.full((2, 3), vocab.pad_id)
+    for b, seq in enumerate(ids):
+        targets[b, :len(seq)] = torch.tensor(seq)
+    target_lengths = torch.tensor([len(s) for s in ids])
+    torch.manual_seed(5)
+    model = Seq2Seq(ENCODERS[encoder](), len(vocab), embed_dim=16, decoder_dim=48, attention_dim=24,
+                    sos_id=vocab.sos_id, eos_id=vocab.eos_id, pad_id=vocab.pad_id)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        opt.zero_grad()
+        loss = model(feats, lengths, targets, target_lengths)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0], f"{losses[0]:.3f} -> {losses[-1]:.3f}"
+    model.eval()
+    assert [vocab.decode(h) for h in model.greedy_decode(feats, lengths, max_len=8)] == words
