@@ -1,0 +1,171 @@
+"""Masked batch norm against nn.BatchNorm2d, per-utterance padding against an explicit
+construction, and the TorchScript length forms against the originals in shapes.py."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from speechconv import masking, shapes
+
+SETTINGS = settings(max_examples=40, deadline=None)
+
+
+def _pair(momentum: float | None = 0.1, affine: bool = True, seed: int = 0):
+    """A MaskedBatchNorm2d and an nn.BatchNorm2d with the same random parameters."""
+    torch.manual_seed(seed)
+    ref = nn.BatchNorm2d(4, momentum=momentum, affine=affine)
+    if affine:
+        with torch.no_grad():
+            ref.weight.uniform_(0.5, 1.5)
+            ref.bias.normal_()
+    mine = masking.MaskedBatchNorm2d(4, momentum=momentum, affine=affine)
+    mine.load_state_dict(ref.state_dict())
+    return mine, ref
+
+
+def test_same_parameters_and_buffers_as_batchnorm2d() -> None:
+    mine, ref = _pair()
+    assert isinstance(mine, nn.BatchNorm2d)
+    assert {k: v.shape for k, v in mine.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_no_padding_equals_batchnorm2d(momentum) -> None:
+    mine, ref = _pair(momentum)
+    for step in range(3):
+        x = torch.randn(3, 4, 7, 5) * 2 + step
+        mask = torch.ones(3, 1, 7, 1, dtype=torch.bool)
+        torch.testing.assert_close(mine(x, mask), ref(x))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(mine, name), getattr(ref, name))
+    mine.eval()
+    ref.eval()
+    x = torch.randn(2, 4, 3, 5)
+    torch.testing.assert_close(mine(x, torch.zeros(2, 1, 3, 1, dtype=torch.bool)), ref(x))
+
+
+@SETTINGS
+@given(
+    lengths=st.lists(st.integers(0, 9), min_size=1, max_size=4).filter(lambda ls: sum(ls) >= 2),
+    extra=st.integers(0, 3),
+    momentum=st.sampled_from([0.1, 0.5, None]),
+    affine=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_masked_equals_batchnorm2d_on_the_valid_frames(lengths, extra, momentum, affine, seed) -> None:
+    """Reference: nn.BatchNorm2d over the valid frames of all utterances concatenated
+    along time, which is exactly "statistics over valid (b, t) and all f"."""
+    mine, ref = _pair(momentum, affine, seed)
+    t = max(lengths) + extra
+    for _ in range(2):  # two steps: running stats accumulate the same way
+        x = torch.randn(len(lengths), 4, t, 3) * 3 + 1
+        x.requires_grad_(True)
+        mask = masking.time_mask(torch.tensor(lengths), t)
+        out = mine(x, mask)
+        valid = torch.cat([x[b, :, :n] for b, n in enumerate(lengths)], dim=1)[None]  # (1, C, sum L, F)
+        want = ref(valid)
+        got = torch.cat([out[b, :, :n] for b, n in enumerate(lengths)], dim=1)[None]
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        # Gradients flow only from valid frames, and match the reference.
+        g = torch.randn_like(want)
+        (got * g).sum().backward()
+        x_ref = valid.detach().requires_grad_(True)
+        ref_b = nn.BatchNorm2d(4, affine=affine, track_running_stats=False)
+        if affine:
+            ref_b.load_state_dict({k: v for k, v in mine.state_dict().items() if k in ("weight", "bias")})
+        (ref_b(x_ref) * g).sum().backward()
+        got_grad = torch.cat([x.grad[b, :, :n] for b, n in enumerate(lengths)], dim=1)[None]
+        torch.testing.assert_close(got_grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(mine, name), getattr(ref, name))
+
+
+def test_one_valid_value_is_an_error_like_batchnorm2d() -> None:
+    mine, _ = _pair()
+    x = torch.randn(2, 4, 3, 1)
+    with pytest.raises(ValueError, match="more than 1 valid value per channel"):
+        mine(x, masking.time_mask(torch.tensor([1, 0]), 3))
+
+
+def test_fold_equals_conv_then_batchnorm() -> None:
+    torch.manual_seed(5)
+    for bias in (False, True):
+        conv = nn.Conv2d(3, 4, (3, 2), (2, 1), bias=bias)
+        mine, ref = _pair(seed=6)
+        with torch.no_grad():
+            ref.running_mean.normal_()
+            ref.running_var.uniform_(0.5, 2.0)
+        mine.load_state_dict(ref.state_dict())
+        ref.eval()
+        x = torch.randn(2, 3, 9, 6)
+        w, b = mine.fold(conv.weight, conv.bias)
+        torch.testing.assert_close(nn.functional.conv2d(x, w, b, (2, 1)), ref(conv(x)), rtol=1e-5, atol=1e-5)
+
+
+@SETTINGS
+@given(
+    lengths=st.lists(st.integers(0, 8), min_size=1, max_size=4),
+    offsets=st.lists(st.integers(0, 3), min_size=4, max_size=4),
+    out_time=st.integers(1, 12),
+    freq=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    channels_last=st.booleans(),
+)
+def test_pad_per_utterance_places_each_valid_frame(lengths, offsets, out_time, freq, channels_last) -> None:
+    b_size, t = len(lengths), max(lengths) + 1
+    x = torch.randn(b_size, 3, t, 5)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    pb = torch.tensor(offsets[:b_size])
+    got = masking.pad_per_utterance(x, torch.tensor(lengths), pb, out_time, *freq)
+    want = torch.zeros(b_size, 3, out_time, 5 + sum(freq))
+    for b, n in enumerate(lengths):
+        for i in range(n):
+            if 0 <= int(pb[b]) + i < out_time:
+                want[b, :, int(pb[b]) + i, freq[0] : freq[0] + 5] = x[b, :, i]
+    assert torch.equal(got, want)
+    assert got.is_contiguous(memory_format=torch.channels_last) == channels_last or b_size == 1
+
+
+def test_zero_padding_and_time_mask() -> None:
+    x = torch.ones(2, 3, 4, 5)
+    out = masking.zero_padding(x, torch.tensor([4, 1]))
+    assert out[0].eq(1).all() and out[1, :, :1].eq(1).all() and out[1, :, 1:].eq(0).all()
+    assert masking.time_mask(torch.tensor([2]), 3).shape == (1, 1, 3, 1)
+
+
+# ------------------------------------------------- TorchScript forms of shapes.py
+
+
+@SETTINGS
+@given(
+    lengths=st.lists(st.integers(0, 60), min_size=1, max_size=6),
+    kernel=st.integers(1, 7),
+    stride=st.integers(1, 4),
+    padding=st.one_of(st.sampled_from(["same", "valid"]), st.integers(0, 3)),
+)
+def test_script_length_forms_agree_with_shapes(lengths, kernel, stride, padding) -> None:
+    n = torch.tensor(lengths)
+    same, pad = padding == "same", 0 if padding in ("same", "valid") else padding
+    want = shapes.conv_out_length_tensor(n, kernel, stride, padding)
+    assert shapes.conv_out_length_script(n, kernel, stride, same, pad).tolist() == want.tolist()
+    assert [shapes.conv_out_length_int(v, kernel, stride, same, pad) for v in lengths] == want.tolist()
+    before = [shapes.same_padding(v, kernel, stride)[0] if v > 0 else 0 for v in lengths]
+    assert shapes.same_pad_before_tensor(n, kernel, stride).tolist() == before
+    for out in want.tolist():
+        span = shapes.conv_input_span(out, kernel, stride)
+        assert span == (shapes.conv_min_input(out, kernel, stride, "valid") if out > 0 else 0)
+
+
+def test_script_forms_compile() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated on torch 2.14; it still works
+        for fn in (shapes.conv_out_length_script, shapes.conv_out_length_int, shapes.same_pad_before_tensor,
+                   masking.pad_per_utterance, masking.zero_padding):
+            torch.jit.script(fn)
+        torch.jit.script(masking.MaskedBatchNorm2d(3))
