@@ -115,6 +115,7 @@ def test_gated_mix_rejects_wrong_dim():
         GatedMix(5)(torch.randn(2, 4), torch.randn(2, 4))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # the brief asks for TorchScript
 def test_layers_script_and_match_eager():
     cases = [
         (BlockLinear(5, 3), (torch.randn(2, 100),)),
@@ -155,6 +156,7 @@ def test_masked_batch_norm_equals_batchnorm1d_on_valid_frames():
     torch.testing.assert_close(ours(x, mask)[mask], ref(x[mask]), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # the brief asks for TorchScript
 def test_masked_batch_norm_errors_and_script():
     bn = MaskedBatchNorm1d(4)
     with pytest.raises(ValueError, match=r"expected x \(B, T, 4\)"):

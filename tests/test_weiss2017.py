@@ -227,6 +227,7 @@ def test_batched_equals_single_over_generated_lengths(lengths):
             assert torch.all(y[b, m:] == 0)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # the brief asks for TorchScript
 def test_torchscript_matches_eager():
     torch.manual_seed(3)
     enc = Weiss2017Encoder()
