@@ -523,7 +523,8 @@ def _summary(d: Description) -> list[str]:
         f"look-ahead {d.look_ahead} frames{ms(d.look_ahead_ms)}"
     )
     min_s = "" if d.min_input_samples is None else f" = {d.min_input_samples:,} samples"
-    lines.append(f"minimum input: {d.min_input_frames} frames{min_s}; F >= {d.min_input_freq}")
+    frames = "frame" if d.min_input_frames == 1 else "frames"
+    lines.append(f"minimum input: {d.min_input_frames} {frames}{min_s}; F >= {d.min_input_freq}")
     lines.extend(f"note: {n}" for n in d.notes)
     return lines
 
