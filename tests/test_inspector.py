@@ -275,3 +275,17 @@ def test_check_against_forward_lists_every_mismatch():
     assert "encoder output shape: described (24, 20, 32), real (25, 20, 32)" in msg
     report = check_against_forward(bad, raise_on_mismatch=False)
     assert not report.ok and len(report.mismatches) == 4
+
+
+def test_check_against_forward_on_real_audio(fixtures_dir, capsys):
+    pytest.importorskip("speechconv.features", reason="LogMelDeltas has not landed yet")
+    pytest.importorskip("speechconv.audio", reason="load_audio has not landed yet")
+    clip = fixtures_dir / "yes_1000ms.wav"
+    report = check_against_forward(describe(seconds=1.0), audio=clip)
+    assert report.ok and report.description.input_shape == (1 + (16000 - 400) // 160, 80, 3)
+    # A waveform of another length is described at its own length.
+    short = check_against_forward(None, audio=torch.zeros(5000))
+    assert short.ok and short.description.samples == 5000
+    assert short.description.input_shape[0] == 1 + (5000 - 400) // 160
+    assert main(["--check", str(clip)]) == 0
+    assert "all equal" in capsys.readouterr().out
