@@ -77,8 +77,14 @@ class MaskedConv2dLayer(nn.Module):
 
     Shapes:
         ``forward(x, lengths)``: ``(B, C, T, F)`` and ``(B,)`` ->
-        ``(B, C', T', F')`` and ``(B,)`` output lengths.  Frames past the output lengths
-        hold garbage (the next layer never reads them; the encoder zeroes its output).
+        ``(B, C', T', F')`` (channels_last strides) and ``(B,)`` output lengths.  Frames
+        past the output lengths are exactly zero; frames of ``x`` past ``lengths`` are
+        never read, whatever they hold.
+
+    In training, batch norm runs on the valid frames only, gathered into ``(N, F', C')``
+    (``N = sum(out_lengths)``) for the native kernel, and activation and dropout run on
+    them too; in eval the norm is folded into the conv and padding is zeroed after the
+    activation.
     """
 
     def __init__(self, lc: LayerConfig, in_channels: int, in_freq: int, index: str) -> None:
@@ -124,14 +130,24 @@ class MaskedConv2dLayer(nn.Module):
         span = shapes.conv_input_span(out_time, k, s)
         x = masking.pad_per_utterance(x, lengths, pad_before, span, self.freq_before, self.freq_after)
         norm = self.norm
-        if norm is not None and not self.training and norm.track_running_stats:
+        if norm is not None and (self.training or not norm.track_running_stats):
+            # Batch statistics over valid frames: normalise the packed valid frames
+            # with the native kernel, then put them back with zeros on padding.
+            y = self.conv(x)
+            index = masking.valid_frame_index(out_lengths, out_time)
+            frames = norm.forward_frames(masking.gather_frames(y, index))  # (N, F', C')
+            frames = self.dropout(self.act(frames))
+            return masking.scatter_frames(frames, index, y.shape[0], out_time), out_lengths
+        if norm is not None:
             weight, bias = norm.fold(self.conv.weight, self.conv.bias)
             y = nn.functional.conv2d(x, weight, bias, self.conv.stride)
         else:
             y = self.conv(x)
-            if norm is not None:
-                y = norm(y, masking.time_mask(out_lengths, out_time))
         y = self.dropout(self.act(y))
+        if torch.is_grad_enabled() and y.requires_grad:
+            y = masking.zero_padding(y, out_lengths)
+        else:
+            y = masking.zero_padding_(y, out_lengths)
         return y, out_lengths
 
 
@@ -157,7 +173,7 @@ class ConvBranch(nn.Module):
         """``(B, C, T, F)``, ``(B,)`` -> ``(B, C', T', F')``, ``(B,)``."""
         for layer in self.layers:
             x, lengths = layer(x, lengths)
-        return masking.zero_padding(x, lengths), lengths
+        return x, lengths
 
 
 class ConvEncoder(nn.Module):

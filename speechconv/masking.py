@@ -43,6 +43,54 @@ def zero_padding(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return x * time_mask(lengths, x.shape[2]).to(x.dtype)
 
 
+def zero_padding_(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """In-place :func:`zero_padding` that writes only the padding frames (for tensors
+    outside autograd).  ``x`` ``(B, C, T, F)``, ``lengths`` ``(B,)`` -> ``x``."""
+    lens = torch.jit.annotate(list[int], lengths.tolist())
+    for b in range(x.shape[0]):
+        if lens[b] < x.shape[2]:
+            x[b, :, lens[b] :].zero_()
+    return x
+
+
+def valid_frame_index(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
+    """``(B,)`` lengths -> ``(N,)`` int64 flat indices ``b * T + t`` of every valid frame
+    (``t < lengths[b]``), batch-major, ``N = sum(lengths)``, ``T = max_length``."""
+    return torch.nonzero(shapes.make_pad_mask(lengths, max_length).flatten()).flatten()  # (B, T) -> (B*T,)
+
+
+def gather_frames(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The frames of ``x`` at flat indices ``index`` (from :func:`valid_frame_index`).
+
+    Args:
+        x: ``(B, C, T, F)``; no copy before the gather when it is channels_last.
+        index: ``(N,)`` flat ``b * T + t`` indices.
+
+    Returns:
+        ``(N, F, C)``.
+    """
+    b_size, c_size, t_size, f_size = x.shape
+    frames = x.permute(0, 2, 3, 1).reshape(b_size * t_size, f_size, c_size)  # (B, C, T, F) -> (B*T, F, C)
+    return frames.index_select(0, index)
+
+
+def scatter_frames(frames: torch.Tensor, index: torch.Tensor, batch: int, max_length: int) -> torch.Tensor:
+    """Inverse of :func:`gather_frames`: frames back at their places, zeros elsewhere.
+
+    Args:
+        frames: ``(N, F, C)``.
+        index: ``(N,)`` flat ``b * T + t`` indices, ``T = max_length``.
+        batch: ``B``.
+
+    Returns:
+        ``(B, C, T, F)`` with channels_last strides.
+    """
+    n_frames, f_size, c_size = frames.shape
+    out = frames.new_zeros((batch * max_length, f_size, c_size))
+    out.index_add_(0, index, frames)  # into zeros: a copy whose backward needs no self gradient
+    return out.view(batch, max_length, f_size, c_size).permute(0, 3, 1, 2)  # (B*T, F, C) -> (B, C, T, F)
+
+
 def pad_per_utterance(
     x: torch.Tensor,
     lengths: torch.Tensor,
@@ -55,13 +103,15 @@ def pad_per_utterance(
 
     Utterance ``b`` is placed at frames ``[pad_before[b], pad_before[b] + L_b)`` of the
     buffer, and at ``[freq_before, freq_before + F)`` along frequency; everything else
-    is zero.  Only valid frames are copied, so whatever lies past ``L_b`` in ``x`` (the
-    previous layer's output on padding) is never read: this is the encoder's masking
-    before every conv.  Frames that would fall past ``out_time`` are dropped; a conv
-    whose kernel is smaller than its stride never reads them.
+    is zero.  Only valid frames are copied, so whatever lies past ``L_b`` in ``x`` is
+    never read: this is the encoder's masking before every conv.  Frames that would fall
+    past ``out_time`` are dropped; a conv whose kernel is smaller than its stride never
+    reads them.
 
-    One small copy per utterance (a Python loop over ``B``) writes each element once;
-    grouping utterances by offset would need an extra masking pass.
+    Without autograd, one slice copy per utterance (a loop over ``B``) writes each
+    element once.  With autograd, per-utterance slices would each cost a full-size
+    gradient in backward, so the valid frames are gathered and scattered with one index
+    operation each instead (backward: one index operation each).
 
     Args:
         x: ``(B, C, T, F)`` input of one conv.
@@ -73,15 +123,23 @@ def pad_per_utterance(
             every utterance).
 
     Returns:
-        ``(B, C, out_time, freq_before + F + freq_after)``, channels_last when ``x`` is.
+        ``(B, C, out_time, freq_before + F + freq_after)`` with channels_last strides.
     """
-    b_size, c_size, _, f_size = x.shape
+    b_size, c_size, t_size, f_size = x.shape
     f_pad = freq_before + f_size + freq_after
-    if x.is_contiguous(memory_format=torch.channels_last):
-        # (B, T, F, C) storage viewed as (B, C, T, F): channels_last strides.
-        buf = x.new_zeros((b_size, out_time, f_pad, c_size)).permute(0, 3, 1, 2)  # (B, T, F, C) -> (B, C, T, F)
-    else:
-        buf = x.new_zeros((b_size, c_size, out_time, f_pad))
+    if torch.is_grad_enabled() and x.requires_grad:
+        src = valid_frame_index(lengths, t_size)  # (N,)
+        utt = torch.div(src, t_size, rounding_mode="floor")
+        dst_time = src - utt * t_size + pad_before.index_select(0, utt)
+        keep = dst_time < out_time
+        if not bool(keep.all()):
+            src, utt, dst_time = src[keep], utt[keep], dst_time[keep]
+        frames = gather_frames(x, src)  # (N, F, C)
+        if f_pad != f_size:
+            frames = nn.functional.pad(frames, (0, 0, freq_before, freq_after))  # (N, F, C) -> (N, F_pad, C)
+        return scatter_frames(frames, utt * out_time + dst_time, b_size, out_time)
+    # (B, T, F, C) storage viewed as (B, C, T, F): channels_last strides.
+    buf = x.new_zeros((b_size, out_time, f_pad, c_size)).permute(0, 3, 1, 2)  # (B, T, F, C) -> (B, C, T, F)
     lens = torch.jit.annotate(list[int], lengths.tolist())
     offsets = torch.jit.annotate(list[int], pad_before.tolist())
     for b in range(b_size):
@@ -139,10 +197,27 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
             out = out * weight[None, :, None, None] + bias[None, :, None, None]  # (C,) -> (1, C, 1, 1)
         return out
 
+    def forward_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """Batch norm of valid frames only, packed as ``(N, F, C)`` (see
+        :func:`gather_frames`) -> ``(N, F, C)``.
+
+        The statistics are those of :meth:`forward` with a mask (every valid ``(b, t)``
+        and all ``f``), computed by the native kernel on ``(N * F, C)``; the encoder uses
+        this path in training."""
+        n_frames, f_size, c_size = frames.shape
+        count = n_frames * f_size
+        if (self.training or not self.track_running_stats) and count <= 1:
+            raise ValueError(
+                f"MaskedBatchNorm2d needs more than 1 valid value per channel in training, got {count} "
+                "(valid frames x frequency rows); use longer utterances or a larger batch"
+            )
+        out = self._native(frames.reshape(count, c_size))  # (N, F, C) -> (N*F, C)
+        return out.view(n_frames, f_size, c_size)  # (N*F, C) -> (N, F, C)
+
     def _native(self, x: torch.Tensor) -> torch.Tensor:
         """``nn.BatchNorm2d.forward`` (restated: TorchScript cannot call ``super()``).
 
-        ``x`` ``(B, C, T, F)`` -> ``(B, C, T, F)``."""
+        ``x`` ``(B, C, T, F)`` or ``(N, C)`` -> the same shape."""
         factor = 0.0 if self.momentum is None else self.momentum
         tracked = self.num_batches_tracked
         if self.training and self.track_running_stats and tracked is not None:

@@ -1,0 +1,149 @@
+"""Benchmark: the masked ConvEncoder against a plain nn.Sequential of the same layers.
+
+Run: ``.venv/bin/python bench/encoder.py`` (about a minute or two; ``--quick`` for a
+smoke run).  One table per run, every row at B=16, T=1000, 80 x 3 input:
+
+* ``plain``        nn.Sequential(Conv2d + BatchNorm2d + ReLU) x 2, contiguous NCHW,
+                   symmetric padding 1 (the same FLOPs as SAME), no lengths or masks;
+* ``plain-cl``     the same modules and input in channels_last;
+* ``masked``       :class:`speechconv.ConvEncoder` (per-utterance SAME padding, masks,
+                   masked batch norm; channels_last inside), lengths drawn in [T/2, T]
+                   with the longest equal to T, like a bucketed batch.
+
+Modes: ``eval`` is a forward pass under ``torch.inference_mode``; ``train`` is forward +
+backward of ``out.sum()`` in train mode.  Columns: input frames per second (B*T per
+iteration, padded frames included), the ratio to ``plain`` and to ``plain-cl`` at the same
+thread count (variants are timed in interleaved rounds, medians reported), achieved GFLOP/s (2 FLOPs per multiply-add, counted from the layer shapes;
+backward counted as twice the forward: the input and weight gradients), and that as a
+percentage of a float32 matmul peak measured in the same run with a large ``torch.mm``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from speechconv import shapes
+from speechconv.encoder import ConvEncoder
+
+B, T, F, C = 16, 1000, 80, 3
+
+
+def conv_macs(enc: ConvEncoder, num_frames: int) -> int:
+    """Multiply-adds of every conv of the encoder's main branch for one ``(B, T, F, C)``
+    batch, from the layer shapes: outputs x (C_in * kT * kF) per output."""
+    macs, t = 0, num_frames
+    for layer in enc.branches[0].layers:
+        conv = layer.conv
+        kt, kf = conv.kernel_size
+        t = shapes.conv_out_length_int(t, kt, conv.stride[0], layer.time_same, layer.time_pad)
+        macs += B * t * layer.out_freq * conv.out_channels * conv.in_channels * kt * kf
+    return macs
+
+
+def plain_sequential() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(C, 32, 3, 2, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
+        nn.Conv2d(32, 32, 3, 2, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
+    )
+
+
+def timeit(fn: Callable[[], object], min_time: float, min_iters: int) -> float:
+    """Median seconds per call after one warm-up call."""
+    return interleaved({"fn": fn}, min_time, min_iters)["fn"]
+
+
+def interleaved(fns: dict[str, Callable[[], object]], min_time: float, min_iters: int) -> dict[str, float]:
+    """Median seconds per call of each function, timed in rounds that call each once.
+
+    Interleaving puts every variant under the same background load (the machine may be
+    shared), so their ratios stay meaningful even when absolute times drift."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < min_iters or time.perf_counter() - start < min_time:
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+        rounds += 1
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def matmul_peak(threads: int, n: int = 2048) -> float:
+    """Float32 GFLOP/s of an ``n x n`` ``torch.mm`` (2 n^3 FLOPs)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / timeit(lambda: torch.mm(a, b), 0.5, 3) / 1e9
+
+
+def runners(mode: str, seed: int = 0) -> dict[str, Callable[[], object]]:
+    """One zero-argument callable per variant, for ``mode`` ``eval`` or ``train``."""
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(B, T, F, C, generator=g)  # (B, T, F, C)
+    lengths = torch.randint(T // 2, T + 1, (B,), generator=g)
+    lengths[0] = T
+    nchw = feats.permute(0, 3, 1, 2).contiguous()  # (B, T, F, C) -> (B, C, T, F), contiguous copy
+    nchw_cl = nchw.contiguous(memory_format=torch.channels_last)
+    plain = plain_sequential()
+    plain_cl = plain_sequential().to(memory_format=torch.channels_last)
+    masked = ConvEncoder()
+    train = mode == "train"
+    for m in (plain, plain_cl, masked):
+        m.train(train)
+
+    def step(fn: Callable[[], torch.Tensor]) -> Callable[[], object]:
+        if train:
+            return lambda: fn().sum().backward()
+
+        def infer() -> torch.Tensor:
+            with torch.inference_mode():
+                return fn()
+
+        return infer
+
+    return {
+        "plain": step(lambda: plain(nchw)),
+        "plain-cl": step(lambda: plain_cl(nchw_cl)),
+        "masked": step(lambda: masked(feats, lengths)[0]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one short pass per row (smoke test)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+    min_time, min_iters = (0.0, 1) if args.quick else (6.0, 7)
+    macs = conv_macs(ConvEncoder(), T)
+    print(f"B={B} T={T} F={F} C={C}: {macs / 1e9:.3f} G multiply-adds per forward (conv layers)")
+    header = f"{'threads':>7} {'mode':>5} {'variant':>9} {'ms/iter':>8} {'frames/s':>10} {'/plain':>7} " \
+             f"{'/plain-cl':>9} {'GFLOP/s':>8} {'%peak':>6}"
+    rows = []
+    for threads in args.threads:
+        peak = matmul_peak(threads)
+        print(f"threads={threads}: float32 matmul peak {peak:.1f} GFLOP/s (torch.mm 2048x2048)")
+        for mode in ("eval", "train"):
+            torch.set_num_threads(threads)
+            results = interleaved(runners(mode), min_time, min_iters)
+            flops = 2 * macs * (3 if mode == "train" else 1)
+            for name, sec in results.items():
+                gflops = flops / sec / 1e9
+                rows.append(
+                    f"{threads:>7} {mode:>5} {name:>9} {sec * 1e3:>8.1f} {B * T / sec:>10.0f} "
+                    f"{results['plain'] / sec:>7.2f} {results['plain-cl'] / sec:>9.2f} {gflops:>8.1f} "
+                    f"{100 * gflops / peak:>5.1f}%"
+                )
+    print(header)
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
