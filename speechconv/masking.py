@@ -53,6 +53,19 @@ def zero_padding_(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def conv_layout(x: torch.Tensor) -> torch.Tensor:
+    """``(B, T, F, C)`` contiguous -> ``(B, C, T, F)`` view for a conv, channels_last strides.
+
+    With ``C == 1`` both layouts hold the same bytes, and the view gets the ordinary
+    contiguous strides instead: on torch 2.14.1 (oneDNN) a conv whose one input channel
+    has stride 1 and whose output has one frequency row returns wrong values for B > 1
+    (tests/test_masking.py::test_conv_layout_avoids_onednn_single_channel_bug).
+    """
+    if x.shape[3] == 1:
+        return x.squeeze(3).unsqueeze(1)  # (B, T, F, 1) -> (B, 1, T, F), contiguous strides
+    return x.permute(0, 3, 1, 2)  # (B, T, F, C) -> (B, C, T, F)
+
+
 def valid_frame_index(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     """``(B,)`` lengths -> ``(N,)`` int64 flat indices ``b * T + t`` of every valid frame
     (``t < lengths[b]``), batch-major, ``N = sum(lengths)``, ``T = max_length``."""
@@ -88,7 +101,7 @@ def scatter_frames(frames: torch.Tensor, index: torch.Tensor, batch: int, max_le
     n_frames, f_size, c_size = frames.shape
     out = frames.new_zeros((batch * max_length, f_size, c_size))
     out.index_add_(0, index, frames)  # into zeros: a copy whose backward needs no self gradient
-    return out.view(batch, max_length, f_size, c_size).permute(0, 3, 1, 2)  # (B*T, F, C) -> (B, C, T, F)
+    return conv_layout(out.view(batch, max_length, f_size, c_size))  # (B*T, F, C) -> (B, C, T, F)
 
 
 def pad_per_utterance(
@@ -138,8 +151,7 @@ def pad_per_utterance(
         if f_pad != f_size:
             frames = nn.functional.pad(frames, (0, 0, freq_before, freq_after))  # (N, F, C) -> (N, F_pad, C)
         return scatter_frames(frames, utt * out_time + dst_time, b_size, out_time)
-    # (B, T, F, C) storage viewed as (B, C, T, F): channels_last strides.
-    buf = x.new_zeros((b_size, out_time, f_pad, c_size)).permute(0, 3, 1, 2)  # (B, T, F, C) -> (B, C, T, F)
+    buf = conv_layout(x.new_zeros((b_size, out_time, f_pad, c_size)))  # (B, C, T, F), channels_last
     lens = torch.jit.annotate(list[int], lengths.tolist())
     offsets = torch.jit.annotate(list[int], pad_before.tolist())
     for b in range(b_size):

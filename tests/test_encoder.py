@@ -348,3 +348,15 @@ def test_torchscript_matches_eager(branch: bool) -> None:
         assert got_len.tolist() == want_len.tolist()
     with pytest.raises(Exception, match="at least 1 frames"):
         scripted(x, torch.tensor([30, 0, 4]))
+
+
+def test_single_channel_single_row_batch_equals_alone() -> None:
+    """The case hypothesis found: one input channel and one output frequency row hit a
+    oneDNN conv bug on channels_last strides (see masking.conv_layout)."""
+    layers = [LayerConfig(filters=2, kernel=[1, 4], stride=[1, 2], padding="valid", batch_norm=False)]
+    enc = ConvEncoder(EncoderConfig(layers=layers), input_freq=5, input_channels=1).eval()
+    x, lengths = torch.randn(2, 6, 5, 1), torch.tensor([1, 2])
+    with torch.no_grad():
+        out, _ = enc(x, lengths)
+        for b, n in enumerate(lengths.tolist()):
+            torch.testing.assert_close(out[b, :n], _reference(enc, x[b, :n], layers), rtol=1e-5, atol=1e-5)

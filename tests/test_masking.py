@@ -169,3 +169,21 @@ def test_script_forms_compile() -> None:
                    masking.pad_per_utterance, masking.zero_padding):
             torch.jit.script(fn)
         torch.jit.script(masking.MaskedBatchNorm2d(3))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_conv_layout_avoids_onednn_single_channel_bug(channels: int) -> None:
+    """torch 2.14.1's oneDNN conv returns wrong values for B > 1, one input channel with
+    stride 1 (the channels_last view of (B, T, F, 1)) and one output frequency row, e.g.
+    kernel (1, 4), stride (1, 2) on F = 5.  conv_layout must give correct convs; the
+    reference is torch's native (non-oneDNN) convolution on a contiguous copy."""
+    torch.manual_seed(7)
+    x = torch.randn(3, 6, 5, channels)  # (B, T, F, C)
+    for kernel, stride in (((1, 4), (1, 2)), ((2, 3), (1, 3)), ((3, 3), (2, 2))):
+        w = torch.randn(2, channels, *kernel)
+        got = nn.functional.conv2d(masking.conv_layout(x), w, None, stride)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the flags switch warns about Intel GPUs
+            with torch.backends.mkldnn.flags(enabled=False):
+                want = nn.functional.conv2d(x.permute(0, 3, 1, 2).contiguous(), w, None, stride)  # (B, C, T, F)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
