@@ -10,11 +10,17 @@ batch, up to float rounding) comes from :mod:`speechconv.masking`:
 * before every conv, each utterance's valid frames are copied into a zero buffer at
   its own SAME offset (padding before depends on ``L mod stride``), so no conv reads a
   padding frame and the conv itself runs with no time padding;
-* batch norm in training takes its statistics over valid frames only;
-* the output is zero past each utterance's output length.
+* batch norm in training takes its statistics over valid frames only (the valid
+  frames are gathered into ``(N, F', C')`` and normalised by the native kernel);
+* every layer's output is zero past each utterance's output length (what forward
+  hooks, e.g. the shape inspector's, see), and so is the encoder's.
 
 Conv bias: a layer's conv has a bias only when the layer has no batch norm (the norm
 subtracts the mean, which would cancel the bias).
+
+Output length ``T'`` of the batch is the length formula applied to the padded ``T``
+of the input (so the output shape depends on the input shape only); the lengths
+follow :func:`speechconv.shapes.stack_out_length_tensor`.
 
 In eval mode each batch norm is folded into its conv (same function, one pass less).
 The convs run on channels_last tensors: ``(B, T, F, C)`` features permuted to

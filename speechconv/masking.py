@@ -123,8 +123,8 @@ def pad_per_utterance(
 
     Without autograd, one slice copy per utterance (a loop over ``B``) writes each
     element once.  With autograd, per-utterance slices would each cost a full-size
-    gradient in backward, so the valid frames are gathered and scattered with one index
-    operation each instead (backward: one index operation each).
+    gradient in backward, so the buffer is one row gather from a padded copy instead
+    (backward: one index_add and a slice).
 
     Args:
         x: ``(B, C, T, F)`` input of one conv.
@@ -141,16 +141,18 @@ def pad_per_utterance(
     b_size, c_size, t_size, f_size = x.shape
     f_pad = freq_before + f_size + freq_after
     if torch.is_grad_enabled() and x.requires_grad:
-        src = valid_frame_index(lengths, t_size)  # (N,)
-        utt = torch.div(src, t_size, rounding_mode="floor")
-        dst_time = src - utt * t_size + pad_before.index_select(0, utt)
-        keep = dst_time < out_time
-        if not bool(keep.all()):
-            src, utt, dst_time = src[keep], utt[keep], dst_time[keep]
-        frames = gather_frames(x, src)  # (N, F, C)
-        if f_pad != f_size:
-            frames = nn.functional.pad(frames, (0, 0, freq_before, freq_after))  # (N, F, C) -> (N, F_pad, C)
-        return scatter_frames(frames, utt * out_time + dst_time, b_size, out_time)
+        # One padded copy with an extra zero frame per utterance, then one row gather:
+        # buffer frame (b, tau) reads frame tau - pad_before[b] when that is a valid
+        # frame, and the zero frame otherwise.
+        padded = nn.functional.pad(  # (B, T, F, C) -> (B, T + 1, F_pad, C)
+            x.permute(0, 2, 3, 1), (0, 0, freq_before, freq_after, 0, 1)  # (B, C, T, F) -> (B, T, F, C)
+        )
+        src = torch.arange(out_time, device=x.device)[None, :] - pad_before[:, None]  # (B, out_time)
+        valid = (src >= 0) & (src < lengths[:, None])
+        src = torch.where(valid, src, t_size) + torch.arange(b_size, device=x.device)[:, None] * (t_size + 1)
+        rows = padded.reshape(b_size * (t_size + 1), f_pad, c_size)  # (B, T + 1, F_pad, C) -> (B*(T+1), F_pad, C)
+        buf = rows.index_select(0, src.flatten())  # (B*out_time, F_pad, C)
+        return conv_layout(buf.view(b_size, out_time, f_pad, c_size))  # (B*out_time, ...) -> (B, C, out_time, F_pad)
     buf = conv_layout(x.new_zeros((b_size, out_time, f_pad, c_size)))  # (B, C, T, F), channels_last
     lens = torch.jit.annotate(list[int], lengths.tolist())
     offsets = torch.jit.annotate(list[int], pad_before.tolist())

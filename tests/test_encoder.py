@@ -360,3 +360,27 @@ def test_single_channel_single_row_batch_equals_alone() -> None:
         out, _ = enc(x, lengths)
         for b, n in enumerate(lengths.tolist()):
             torch.testing.assert_close(out[b, :n], _reference(enc, x[b, :n], layers), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding", ["same", "valid", 2])
+def test_input_gradients_batch_equals_alone(padding) -> None:
+    """With autograd on the features (the index-gather padding path), outputs and input
+    gradients of each utterance are those it gets alone; padding frames get no gradient."""
+    torch.manual_seed(8)
+    layers = [LayerConfig(padding=padding), LayerConfig(padding=padding, activation="tanh", batch_norm=False)]
+    enc = ConvEncoder(EncoderConfig(layers=layers))
+    _randomise_bn(enc)
+    enc.eval()
+    lengths = torch.tensor([19, 12, 8])
+    x = torch.randn(3, 21, 80, 3, requires_grad=True)
+    out, out_len = enc(x, lengths)
+    weights = torch.randn_like(out)
+    (out * weights).sum().backward()
+    assert (x.grad[1, 12:] == 0).all() and (x.grad[2, 8:] == 0).all() and (x.grad[0, 19:] == 0).all()
+    for b, n in enumerate(lengths.tolist()):
+        xb = x[b : b + 1, :n].detach().requires_grad_(True)
+        alone, _ = enc(xb, lengths[b : b + 1])
+        t = int(out_len[b])
+        torch.testing.assert_close(out[b, :t], alone[0], rtol=1e-5, atol=1e-5)
+        (alone * weights[b : b + 1, :t]).sum().backward()
+        torch.testing.assert_close(x.grad[b, :n], xb.grad[0], rtol=1e-5, atol=1e-5)

@@ -187,3 +187,19 @@ def test_conv_layout_avoids_onednn_single_channel_bug(channels: int) -> None:
             with torch.backends.mkldnn.flags(enabled=False):
                 want = nn.functional.conv2d(x.permute(0, 3, 1, 2).contiguous(), w, None, stride)  # (B, C, T, F)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_forward_frames_equals_masked_forward_on_gathered_frames() -> None:
+    """The encoder's training path (native kernel on gathered valid frames) gives the
+    masked forward's values on valid frames and the same running statistics."""
+    dense, _ = _pair(seed=9)
+    packed, _ = _pair(seed=9)
+    lengths = torch.tensor([6, 2, 5])
+    x = torch.randn(3, 4, 7, 5) * 2 + 0.5
+    want = dense(x, masking.time_mask(lengths, 7))
+    index = masking.valid_frame_index(lengths, 7)
+    got = packed.forward_frames(masking.gather_frames(x, index))  # (N, F, C)
+    back = masking.scatter_frames(got, index, 3, 7)  # (B, C, T, F)
+    torch.testing.assert_close(back, masking.zero_padding(want, lengths), rtol=1e-5, atol=1e-5)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(packed, name), getattr(dense, name))
