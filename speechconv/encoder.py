@@ -140,10 +140,17 @@ class MaskedConv2dLayer(nn.Module):
             # Batch statistics over valid frames: normalise the packed valid frames
             # with the native kernel, then put them back with zeros on padding.
             y = self.conv(x)
+            b_size, c_out, _, f_out = y.shape
+            if int(out_lengths.sum()) == b_size * out_time:
+                # No padding: every frame is valid, so view instead of gather and scatter
+                # (the native kernel is also faster on (N*F', C') than on 4-D channels_last).
+                frames = y.permute(0, 2, 3, 1).reshape(b_size * out_time, f_out, c_out)  # (B, C', T', F') -> (N, F', C')
+                frames = self.dropout(self.act(norm.forward_frames(frames)))
+                return masking.conv_layout(frames.view(b_size, out_time, f_out, c_out)), out_lengths  # -> (B, C', T', F')
             index = masking.valid_frame_index(out_lengths, out_time)
             frames = norm.forward_frames(masking.gather_frames(y, index))  # (N, F', C')
             frames = self.dropout(self.act(frames))
-            return masking.scatter_frames(frames, index, y.shape[0], out_time), out_lengths
+            return masking.scatter_frames(frames, index, b_size, out_time), out_lengths
         if norm is not None:
             weight, bias = norm.fold(self.conv.weight, self.conv.bias)
             y = nn.functional.conv2d(x, weight, bias, self.conv.stride)
