@@ -16,6 +16,14 @@ iteration, padded frames included), the ratio to ``plain`` and to ``plain-cl`` a
 thread count (variants are timed in interleaved rounds, medians reported), achieved GFLOP/s (2 FLOPs per multiply-add, counted from the layer shapes;
 backward counted as twice the forward: the input and weight gradients), and that as a
 percentage of a float32 matmul peak measured in the same run with a large ``torch.mm``.
+
+Reading the train rows: on CPU these layers are memory-bound, and where a fresh large
+tensor costs page faults (measured on the development VM: ~15 ms to allocate and touch
+41 MB, ~1.7 ms to copy into existing memory) the masked encoder pays for the tensors
+it adds in training (gathered valid frames for batch norm, the zero-padded buffer
+before each conv, and their gradients).  ``MALLOC_MMAP_THRESHOLD_=4294967296
+MALLOC_TRIM_THRESHOLD_=68719476736`` (glibc reuses freed memory) speeds up every
+variant.
 """
 
 from __future__ import annotations
