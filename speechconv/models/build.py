@@ -1,0 +1,49 @@
+"""Build the encoder and the model a :class:`speechconv.config.Config` describes."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from speechconv.config import EncoderSettings, ModelConfig
+from speechconv.feature_config import FeatureConfig
+from speechconv.text import CharVocabulary
+
+
+def build_encoder(encoder: EncoderSettings, features: FeatureConfig) -> nn.Module:
+    """``type=conv``: a flattened :class:`speechconv.ConvEncoder`, ``(B, T, F, C) -> (B, T', D)``;
+    ``type=weiss2017``: :class:`speechconv.Weiss2017Encoder` with ``layers`` as its front."""
+    if encoder.type == "conv":
+        from speechconv.encoder import ConvEncoder
+
+        return ConvEncoder(encoder.conv_config(), features.n_mels, features.n_channels, flatten=True)
+    assert encoder.type == "weiss2017", f"unknown encoder.type {encoder.type!r} passed validation"
+    from speechconv.weiss2017 import Weiss2017Config, Weiss2017Encoder
+
+    sizes = encoder.weiss2017
+    config = Weiss2017Config(
+        front=encoder.conv_config(),
+        convlstm_filters=sizes.convlstm_filters,
+        convlstm_kernel=sizes.convlstm_kernel,
+        lstm_layers=sizes.lstm_layers,
+        lstm_units=sizes.lstm_units,
+        projection=sizes.projection,
+        project_last=sizes.project_last,
+        dropout=sizes.dropout,
+    )
+    return Weiss2017Encoder(config, features.n_mels, features.n_channels)
+
+
+def build_model(model: ModelConfig, encoder: EncoderSettings, features: FeatureConfig, vocab: CharVocabulary) -> nn.Module:
+    """The ``ctc`` or ``seq2seq`` model; both have ``forward(features, lengths, targets,
+    target_lengths) -> loss`` and ``greedy_decode(features, lengths, max_len) -> ids``."""
+    enc = build_encoder(encoder, features)
+    if model.type == "ctc":
+        from speechconv.models.ctc import CTCModel
+
+        return CTCModel(enc, len(vocab), vocab.blank_id, model.projection, model.hidden, model.lstm_layers,
+                        model.dropout)
+    assert model.type == "seq2seq", f"unknown model.type {model.type!r} passed validation"
+    from speechconv.seq2seq import Seq2Seq
+
+    return Seq2Seq(enc, len(vocab), model.embed_dim, model.decoder_dim, model.attention_dim,
+                   sos_id=vocab.sos_id, eos_id=vocab.eos_id, pad_id=vocab.pad_id, dropout=model.dropout)

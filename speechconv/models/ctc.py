@@ -1,0 +1,100 @@
+"""CTC model: encoder (flattened) -> projection -> BiLSTM -> linear -> CTC, greedy decoding.
+
+The encoder is any speechconv encoder returning ``(B, T', D)`` (or ``(B, T', F', C')``,
+flattened here) with exact ``out_lengths``; CTC reads those lengths, so padded frames
+never enter the loss.  The interface matches :class:`speechconv.seq2seq.Seq2Seq`:
+``forward(...) -> loss`` and ``greedy_decode(...) -> ids``, so one training loop serves both.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+def ctc_collapse(ids: list[int], blank_id: int) -> list[int]:
+    """Greedy CTC read-out of one frame-wise argmax path: merge repeats, then drop blanks."""
+    out, previous = [], None
+    for i in ids:
+        if i != previous and i != blank_id:
+            out.append(i)
+        previous = i
+    return out
+
+
+class CTCModel(nn.Module):
+    """Encoder + BiLSTM + CTC.
+
+    Args:
+        encoder: a speechconv encoder with an int ``output_dim``.
+        vocab_size: output ids ``V`` including the blank.
+        blank_id: the CTC blank (from the vocabulary).
+        projection: linear size between encoder and BiLSTM (0: none).
+        hidden: BiLSTM units per direction.
+        lstm_layers: BiLSTM layers.
+        dropout: dropout before the BiLSTM and before the output layer.
+
+    Shapes:
+        ``log_probs(features (B, T, F, C), lengths (B,))`` -> ``((B, T', V), (B,))``.
+        ``forward(features, lengths, targets (B, U), target_lengths (B,))`` -> scalar loss:
+        CTC summed per utterance, divided by its target length, averaged over the batch
+        (``reduction="mean"``), ``zero_infinity=True`` so an utterance too short for its
+        transcript gives no gradient instead of ``inf``.
+        ``greedy_decode(features, lengths)`` -> ``B`` lists of ids.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        vocab_size: int,
+        blank_id: int,
+        projection: int = 256,
+        hidden: int = 192,
+        lstm_layers: int = 1,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        encoder_dim = getattr(encoder, "output_dim", None)
+        if not isinstance(encoder_dim, int):
+            raise ValueError(f"CTCModel needs an encoder with an int output_dim, got {type(encoder).__name__}")
+        if not 0 <= blank_id < vocab_size:
+            raise ValueError(f"CTCModel blank_id={blank_id} is invalid: expected an id in [0, {vocab_size})")
+        self.encoder = encoder
+        self.blank_id = blank_id
+        self.project = nn.Linear(encoder_dim, projection) if projection > 0 else nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+        self.lstm = nn.LSTM(projection or encoder_dim, hidden, num_layers=lstm_layers, batch_first=True,
+                            bidirectional=True, dropout=dropout if lstm_layers > 1 else 0.0)
+        self.out = nn.Linear(2 * hidden, vocab_size)
+
+    def log_probs(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, T, F, C)``, ``(B,)`` -> log-probabilities ``(B, T', V)`` and ``(B,)`` output lengths."""
+        encoded, out_lengths = self.encoder(features, lengths)
+        if encoded.dim() == 4:
+            b, t, f, c = encoded.shape
+            encoded = encoded.reshape(b, t, f * c)  # (B, T', F', C') -> (B, T', D)
+        x = self.dropout(self.project(encoded))  # (B, T', D) -> (B, T', D_proj)
+        packed = pack_padded_sequence(x, out_lengths.cpu(), batch_first=True, enforce_sorted=False)
+        y, _ = self.lstm(packed)
+        y, _ = pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])  # (B, T', 2 * hidden)
+        return F.log_softmax(self.out(self.dropout(y)), dim=-1), out_lengths
+
+    def forward(
+        self, features: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """CTC loss of ``targets (B, U)`` (no blanks; padding past ``target_lengths``) -> scalar."""
+        log_probs, out_lengths = self.log_probs(features, lengths)
+        return F.ctc_loss(
+            log_probs.transpose(0, 1),  # (B, T', V) -> (T', B, V), the layout ctc_loss wants
+            targets, out_lengths, target_lengths, blank=self.blank_id, reduction="mean", zero_infinity=True,
+        )
+
+    @torch.no_grad()
+    def greedy_decode(self, features: torch.Tensor, lengths: torch.Tensor, max_len: int | None = None) -> list[list[int]]:
+        """Best path per frame, repeats merged and blanks dropped (``max_len`` is unused: CTC
+        emits at most one id per output frame)."""
+        log_probs, out_lengths = self.log_probs(features, lengths)
+        best = log_probs.argmax(dim=-1).tolist()  # (B, T')
+        return [ctc_collapse(path[:n], self.blank_id) for path, n in zip(best, out_lengths.tolist(), strict=True)]

@@ -1,0 +1,51 @@
+"""The four jobs of ``train.py`` (shapes, train, eval, transcribe) as plain functions.
+
+``train.py`` composes the config with Hydra and calls :func:`main`; tests call
+:func:`run` with a composed config and a folder.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from speechconv.config import Config, ConfigError, validate
+
+
+def run(cfg: Any, out_dir: str | Path) -> int:
+    """Validate ``cfg`` (an OmegaConf config or a :class:`Config`) and run its ``mode``;
+    returns the exit code.  User errors raise :class:`ConfigError` (or the library's
+    ``ValueError`` subclasses) before any data is read where possible."""
+    config = cfg if isinstance(cfg, Config) else validate(cfg)
+    if config.mode == "shapes":
+        from speechconv.training.shapes_job import run_shapes
+
+        return run_shapes(config)
+    if config.mode == "train":
+        from speechconv.training.loop import train
+
+        train(config, out_dir)
+        return 0
+    if config.mode == "eval":
+        from speechconv.training.evaluate import run_eval
+
+        return run_eval(config)
+    from speechconv.training.transcribe import run_transcribe
+
+    return run_transcribe(config)
+
+
+def main(cfg: Any, out_dir: str | Path) -> int:
+    """:func:`run`, printing user errors as one clean line on stderr (exit code 2) instead of a traceback."""
+    from speechconv.data import ManifestError
+    from speechconv.training.checkpoint import CheckpointError
+
+    try:
+        return run(cfg, out_dir)
+    except (ConfigError, CheckpointError, ManifestError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+__all__ = ["main", "run"]

@@ -1,0 +1,78 @@
+"""The datasets and loaders a :class:`speechconv.config.Config` asks for."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from speechconv.config import ConfigError, DataConfig
+from speechconv.data import (
+    Batch,
+    Collate,
+    DigitStringConfig,
+    DigitStringDataset,
+    LengthBucketSampler,
+    ManifestDataset,
+    SpecAugment,
+    load_fsdd,
+    read_manifest,
+    worker_init_fn,
+)
+from speechconv.feature_config import FeatureConfig
+from speechconv.text import CharVocabulary
+
+
+@dataclass
+class TrainData:
+    """The training dataset with its bucketed sampler, and the fixed validation set."""
+
+    train: Dataset
+    sampler: LengthBucketSampler
+    valid: Dataset
+
+
+def manifest_dataset(path: str | None, key: str, features: FeatureConfig, vocab: CharVocabulary,
+                     spec_augment: SpecAugment | None = None, seed: int = 0) -> ManifestDataset:
+    """A :class:`ManifestDataset` of ``path``; skipped rows are printed with their line numbers."""
+    if not path:
+        raise ConfigError(f"{key}={path!r} is invalid: expected a JSON-lines manifest path; add {key}=PATH.jsonl")
+    entries, problems = read_manifest(path)
+    for problem in problems:
+        print(f"warning: skipped {problem}")
+    if not entries:
+        raise ConfigError(f"{key}={path!r} has no usable rows ({len(problems)} skipped); fix the manifest")
+    return ManifestDataset(entries, features, vocab, seed=seed, spec_augment=spec_augment)
+
+
+def build_train_data(data: DataConfig, features: FeatureConfig, vocab: CharVocabulary, seed: int) -> TrainData:
+    """Training set (SpecAugment on), its sampler (seeded by ``seed``), validation set (no augmentation)."""
+    augment = SpecAugment(**dataclasses.asdict(data.spec_augment))
+    if data.type == "digits":
+        bank = load_fsdd(data.fsdd_dir, sample_rate=features.sample_rate)  # once, before workers fork
+        digits = DigitStringConfig(max_digits=data.max_digits)
+        train = DigitStringDataset(bank, "train", data.train_size, features, vocab, digits, seed, augment)
+        valid = DigitStringDataset(bank, "valid", data.valid_size, features, vocab, digits, data.valid_seed)
+    else:
+        train = manifest_dataset(data.train_manifest, "data.train_manifest", features, vocab, augment, seed)
+        valid = manifest_dataset(data.valid_manifest, "data.valid_manifest", features, vocab)
+    sampler = LengthBucketSampler(train.frame_lengths, max_frames=data.batch_frames,
+                                  max_batch_size=data.max_batch_size, seed=seed)
+    return TrainData(train, sampler, valid)
+
+
+def loader(dataset: Dataset, data: DataConfig, vocab: CharVocabulary,
+           sampler: LengthBucketSampler | None = None) -> DataLoader[Batch]:
+    """A DataLoader of padded :class:`Batch` es; without ``sampler``, the dataset in order,
+    bucketed by length without shuffling (for validation and evaluation)."""
+    if sampler is None:
+        sampler = LengthBucketSampler(dataset.frame_lengths, max_frames=data.batch_frames,
+                                      max_batch_size=data.max_batch_size, shuffle=False)
+    # A private generator: otherwise each new iterator draws its workers' base seed from the
+    # global torch RNG, and a resumed run (which starts an iterator mid-epoch) would drift
+    # from an unbroken one.  Items never use it: they are seeded by (seed, epoch, index).
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=Collate(vocab.pad_id),
+                      num_workers=data.num_workers, worker_init_fn=worker_init_fn if data.num_workers else None,
+                      generator=torch.Generator().manual_seed(0))

@@ -1,0 +1,73 @@
+"""Decode a dataset and score it; ``mode=eval``: WER/CER of a checkpoint on a manifest."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from speechconv.atomic import atomic_write_text
+from speechconv.config import Config
+from speechconv.data import Batch
+from speechconv.metrics import cer, wer
+from speechconv.text import CharVocabulary
+
+
+@dataclass
+class EvalResult:
+    """Corpus WER and CER (rates in [0, inf)), mean loss per batch, and per-utterance rows."""
+
+    wer: float
+    cer: float
+    loss: float
+    rows: list[dict] = field(default_factory=list)
+
+
+@torch.no_grad()
+def decode_batch(model: nn.Module, batch: Batch, vocab: CharVocabulary, max_len: int) -> list[str]:
+    """Greedy transcripts of a batch (features ``(B, T, F, C)``, lengths ``(B,)``)."""
+    ids = model.greedy_decode(batch.features, batch.lengths, max_len)
+    return [" ".join(vocab.decode(seq).split()) for seq in ids]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[Batch], vocab: CharVocabulary, max_len: int,
+             device: torch.device | str = "cpu") -> EvalResult:
+    """Loss, greedy transcripts and corpus WER/CER over ``batches`` (model left in eval mode)."""
+    model.eval()
+    refs, hyps, losses = [], [], []
+    for batch in batches:
+        batch = batch.to(device)
+        losses.append(float(model(batch.features, batch.lengths, batch.targets, batch.target_lengths)))
+        hyps.extend(decode_batch(model, batch, vocab, max_len))
+        refs.extend(batch.texts)
+    rows = [{"reference": r, "hypothesis": h, "word_errors": wer([r], [h]).errors} for r, h in zip(refs, hyps, strict=True)]
+    return EvalResult(wer(refs, hyps).rate, cer(refs, hyps).rate, sum(losses) / max(len(losses), 1), rows)
+
+
+def run_eval(cfg: Config) -> int:
+    """``mode=eval``: score ``cfg.checkpoint`` on ``cfg.data.test_manifest``; print WER and CER and
+    write one JSON line per utterance beside the checkpoint (``hypotheses_<manifest>.jsonl``)."""
+    from speechconv.training.checkpoint import restore_model
+    from speechconv.training.data import loader, manifest_dataset
+
+    model, run_cfg, vocab = restore_model(cfg.checkpoint, cfg.trainer.device)
+    dataset = manifest_dataset(cfg.data.test_manifest, "data.test_manifest", run_cfg.features, vocab)
+    data_cfg = run_cfg.data
+    data_cfg.num_workers = cfg.data.num_workers
+    batches = loader(dataset, data_cfg, vocab)
+    order = [i for batch in batches.batch_sampler for i in batch]  # dataset index of each scored row
+    result = evaluate(model, batches, vocab, run_cfg.model.max_decode_len, cfg.trainer.device)
+    for row, i in zip(result.rows, order, strict=True):
+        row["audio_filepath"] = str(dataset.entries[i].audio_filepath)
+    result.rows.sort(key=lambda r: r["audio_filepath"])
+    out = Path(cfg.checkpoint).resolve().parent / f"hypotheses_{Path(cfg.data.test_manifest).stem}.jsonl"
+    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in result.rows))
+    print(f"{cfg.data.test_manifest}: {len(result.rows)} utterances  WER {100 * result.wer:.2f}%  "
+          f"CER {100 * result.cer:.2f}%  loss {result.loss:.4f}")
+    print(f"hypotheses: {out}")
+    return 0

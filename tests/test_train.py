@@ -1,0 +1,194 @@
+"""train.py's jobs end to end on tiny runs: files written, eval, transcribe, determinism, resume, shapes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from speechconv.config import compose, validate
+from speechconv.metrics import cer, wer
+from speechconv.models import CTCModel, ctc_collapse
+from speechconv.training import run
+
+pytest.importorskip("speechconv.features", reason="LogMelDeltas has not landed yet")
+
+from speechconv.training import loop  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+FSDD = ROOT / "data" / "fsdd"
+FIXTURES = ROOT / "data" / "fixtures"
+PNG = b"\x89PNG\r\n\x1a\n"
+TINY = ["data.train_size=6", "data.valid_size=3", "data.num_workers=0", "data.max_digits=2", "data.max_batch_size=2",
+        "trainer.max_steps=4", "trainer.val_every=2", "trainer.log_every=1", "trainer.progress=false",
+        "model.hidden=16", "model.projection=16"]
+
+
+def tiny(tmp_path_factory, *extra: str):
+    folder = tmp_path_factory.mktemp("fsdd")
+    for digit in range(10):
+        for take in (0, 5):
+            (folder / f"{digit}_jackson_{take}.flac").symlink_to(FSDD / f"{digit}_jackson_{take}.flac")
+    return validate(compose([*TINY, f"data.fsdd_dir={folder}", *extra]))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny run shared by the file, eval and transcribe tests."""
+    out = tmp_path_factory.mktemp("run")
+    return loop.train(tiny(tmp_path_factory), out), out
+
+
+def test_run_writes_checkpoint_metrics_tensorboard_and_plots(trained):
+    result, out = trained
+    assert len(result.losses) == 4 and all(math.isfinite(x) for x in result.losses)
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [r["step"] for r in rows if r["split"] == "train"] == ["1", "2", "3", "4"]
+    assert [float(r["loss"]) for r in rows if r["split"] == "train"] == pytest.approx(result.losses, rel=1e-5)
+    valid = [r for r in rows if r["split"] == "valid"]
+    assert [r["step"] for r in valid] == ["2", "4"] and all(r["wer"] and r["cer"] for r in valid)
+    assert all(float(r["data_ms"]) >= 0 and float(r["compute_ms"]) > 0 for r in rows if r["split"] == "train")
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "train/lr", "valid/wer", "valid/cer", "valid/loss"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+
+    for name in ("loss.png", "wer.png", "features.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG and len(data) > 1000, name
+    assert not list(out.glob(".*tmp*")), "temporary files left behind"
+
+
+def test_checkpoint_holds_plain_values_for_resume(trained):
+    result, out = trained
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["step"] == 4
+    assert {"model", "config", "vocab", "optimizer", "scheduler", "rng", "sampler", "metrics"} <= set(state)
+    assert state["config"]["trainer"]["max_steps"] == 4 and state["config"]["model"]["type"] == "ctc"
+    assert set(state["rng"]) >= {"torch", "numpy", "python"}
+    assert state["sampler"]["batches_consumed"] >= 1 and "epoch" in state["sampler"]
+    assert [v["step"] for v in state["metrics"]["valid"]] == [2, 4]
+
+
+def test_eval_mode_scores_a_manifest_and_writes_hypotheses(trained, tmp_path, capsys):
+    _, out = trained
+    words = ["zero", "one", "two"]
+    manifest = tmp_path / "test.jsonl"
+    manifest.write_text("".join(json.dumps({"audio_filepath": str(FSDD / f"{d}_lucas_0.flac"), "text": w}) + "\n"
+                                for d, w in enumerate(words)))
+    code = run(compose(["mode=eval", f"checkpoint={out / 'last.pt'}", f"data.test_manifest={manifest}"]), tmp_path)
+    assert code == 0
+    printed = capsys.readouterr().out
+    rows = [json.loads(line) for line in (out / "hypotheses_test.jsonl").read_text().splitlines()]
+    assert sorted(r["reference"] for r in rows) == sorted(words) and len(rows) == 3
+    assert all(Path(r["audio_filepath"]).is_file() for r in rows)
+    refs, hyps = [r["reference"] for r in rows], [r["hypothesis"] for r in rows]
+    assert f"WER {100 * wer(refs, hyps).rate:.2f}%" in printed and f"CER {100 * cer(refs, hyps).rate:.2f}%" in printed
+
+
+def test_transcribe_mode_reports_bad_files_and_keeps_going(trained, tmp_path, capsys):
+    _, out = trained
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really")
+    good = [FIXTURES / "yes_1000ms.wav", FSDD / "7_nicolas_3.flac"]
+    audio = [str(good[0]), str(corrupt), str(tmp_path / "missing.flac"), str(good[1])]
+    code = run(compose(["mode=transcribe", f"checkpoint={out / 'last.pt'}", f"audio=[{','.join(audio)}]"]), tmp_path)
+    printed = capsys.readouterr()
+    assert code == 1
+    lines = printed.out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(g) for g in good]
+    assert "corrupt.wav" in printed.err and "missing.flac" in printed.err
+
+
+def test_same_seed_same_losses(tmp_path_factory):
+    runs = [loop.train(tiny(tmp_path_factory, "trainer.max_steps=3", f"trainer.seed={s}"), tmp_path_factory.mktemp("d"))
+            for s in (7, 7, 8)]
+    assert runs[0].losses == runs[1].losses
+    assert runs[0].losses != runs[2].losses
+
+
+def test_resume_continues_exactly(tmp_path_factory, monkeypatch):
+    """Stop after step 3 (last checkpoint at step 2, mid-epoch), resume: steps 3-4 as in an unbroken run."""
+    cfg = tiny(tmp_path_factory)
+    unbroken = loop.train(cfg, tmp_path_factory.mktemp("a"))
+    out = tmp_path_factory.mktemp("b")
+    real_step, calls = loop.train_step, []
+
+    def stop_at_three(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", stop_at_three)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(cfg, out)
+    monkeypatch.setattr(loop, "train_step", real_step)
+    cfg.trainer.resume = True
+    resumed = loop.train(cfg, out)
+    assert resumed.losses == unbroken.losses[2:]
+    assert [r["step"] for r in csv.DictReader((out / "metrics.csv").open()) if r["split"] == "train"] == [
+        "1", "2", "3", "4"]
+
+
+def test_shapes_mode_shows_the_overridden_shapes(tmp_path, capsys):
+    assert run(compose(["mode=shapes", "encoder.layers.0.filters=64", "features.n_mels=40"]), tmp_path) == 0
+    printed = capsys.readouterr().out
+    frames = 1 + (16000 - 400) // 160  # yes_1000ms.wav: 1.000 s at 16 kHz, 25 ms windows every 10 ms
+    t4 = -(-frames // 4)
+    assert "all equal" in printed
+    assert f"(1, {frames}, 40, 3) -> (1, {t4}, {10 * 32})" in printed  # 40 -> 20 -> 10 rows, 32 filters flattened
+    assert "64" in printed
+
+
+def test_shapes_via_train_py_for_the_full_encoder(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "mode=shapes", "encoder=weiss2017_full",
+                           f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "-> (1, 25, 512)" in proc.stdout and "all equal" in proc.stdout
+
+
+def test_ctc_collapse_merges_repeats_then_drops_blanks():
+    assert ctc_collapse([1, 1, 0, 1, 2, 2, 0, 0, 3, 3], blank_id=0) == [1, 1, 2, 3]
+    assert ctc_collapse([0, 0, 0], blank_id=0) == [] and ctc_collapse([], blank_id=0) == []
+
+
+def test_ctc_model_loss_matches_torch_ctc_on_the_encoder_lengths():
+    torch.manual_seed(0)
+    cfg = validate(compose())
+    from speechconv.models import build_encoder
+
+    model = CTCModel(build_encoder(cfg.encoder, cfg.features), vocab_size=10, blank_id=3, projection=8, hidden=8,
+                     dropout=0.0).eval()
+    features, lengths = torch.randn(2, 40, 80, 3), torch.tensor([40, 21])
+    targets, target_lengths = torch.tensor([[1, 2, 2], [4, 5, 0]]), torch.tensor([3, 2])
+    log_probs, out_lengths = model.log_probs(features, lengths)
+    assert out_lengths.tolist() == [10, 6]  # ceil(40 / 4), ceil(ceil(21 / 2) / 2)
+    per_utt = [
+        torch.nn.functional.ctc_loss(log_probs[b, : out_lengths[b], None], targets[b : b + 1, : target_lengths[b]],
+                                     out_lengths[b : b + 1], target_lengths[b : b + 1], blank=3, reduction="sum")
+        / target_lengths[b]
+        for b in range(2)
+    ]
+    assert float(model(features, lengths, targets, target_lengths)) == pytest.approx(float(sum(per_utt) / 2), rel=1e-5)
+    # too short for its target (4 output frames, 9 labels with repeats): zero_infinity gives 0, not inf
+    long_target = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1, 1]])
+    assert float(model(features[:1, :16], torch.tensor([16]), long_target, torch.tensor([9]))) == 0.0
+
+
+def test_lr_schedule_warms_up_then_decays():
+    cfg = validate(compose(["trainer.max_steps=100", "trainer.warmup_frac=0.1"])).trainer
+    factors = [loop.lr_lambda(s, cfg) for s in range(101)]
+    assert factors[0] == pytest.approx(0.04) and factors[10] == pytest.approx(1.0)
+    assert factors[100] == pytest.approx(0.004)
+    assert all(a < b for a, b in zip(factors[:10], factors[1:11], strict=True)) and all(
+        a >= b for a, b in zip(factors[10:-1], factors[11:], strict=True))
