@@ -211,7 +211,7 @@ class DataConfig:
     train_manifest: str | None = None
     valid_manifest: str | None = None
     test_manifest: str | None = None
-    batch_frames: int = 8000
+    batch_frames: int = 4000
     max_batch_size: int = 64
     num_workers: int = 1
     spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
@@ -250,7 +250,7 @@ class TrainerConfig:
         progress: show the tqdm progress bar.
     """
 
-    max_steps: int = 1500
+    max_steps: int = 1000
     seed: int = 0
     device: str = "cpu"
     resume: Any = False
@@ -259,7 +259,7 @@ class TrainerConfig:
     schedule: str = "onecycle"
     warmup_frac: float = 0.15
     grad_clip: float = 5.0
-    val_every: int = 500
+    val_every: int = 250
     log_every: int = 10
     num_threads: int = 0
     progress: bool = True
