@@ -250,7 +250,7 @@ class TrainerConfig:
         progress: show the tqdm progress bar.
     """
 
-    max_steps: int = 1000
+    max_steps: int = 1200
     seed: int = 0
     device: str = "cpu"
     resume: Any = False
@@ -259,7 +259,7 @@ class TrainerConfig:
     schedule: str = "onecycle"
     warmup_frac: float = 0.15
     grad_clip: float = 5.0
-    val_every: int = 250
+    val_every: int = 400
     log_every: int = 10
     num_threads: int = 0
     progress: bool = True
