@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from speechconv.config import Config, ConfigError, TrainerConfig, config_to_dict
 from speechconv.data import Batch
@@ -148,8 +149,6 @@ def train(cfg: Config, out_dir: str | Path) -> TrainResult:
     result = TrainResult()
     valid_batches: list[Batch] | None = None
     max_len = cfg.model.max_decode_len
-    from tqdm import tqdm
-
     bar = tqdm(total=trainer.max_steps, initial=step, disable=not trainer.progress, dynamic_ncols=True, unit="step")
     start = time.perf_counter()
     while step < trainer.max_steps:
