@@ -1,0 +1,211 @@
+"""Waveforms -> ``(B, T, F, C)`` log-mel + delta + delta-delta features, exact lengths.
+
+:func:`log_mel_deltas` is the functional core; :class:`LogMelDeltas` holds the window,
+the mel matrix and any global CMVN statistics as buffers and delegates to it.
+
+The pipeline for a padded batch ``(B, S)`` with lengths ``(B,)``:
+
+1. samples beyond each utterance's length are set to zero and the batch is cut to
+   its longest utterance, so an utterance gives the same features in any batch;
+2. static log-mel ``(B, T, F)`` by the backend (``torchaudio``:
+   :mod:`speechconv.fbank`; ``kaldi``: :mod:`speechconv.kaldi_fbank`);
+3. deltas and delta-deltas per utterance with its own edge frames replicated
+   (:mod:`speechconv.deltas`), stacked as channels ``C`` in ``config.channels`` order;
+4. normalisation (:mod:`speechconv.cmvn`);
+5. frames at or beyond each utterance's frame count are set to exactly zero.
+
+Frame counts are :func:`speechconv.shapes.frames_from_samples_tensor`.  Audio shorter
+than one window under ``kaldi`` framing (400 samples at the defaults) gives zero
+frames: an empty ``(0, F, C)`` result with length 0, never an error here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from speechconv import cmvn, deltas, fbank, kaldi_fbank, shapes
+from speechconv.feature_config import FeatureConfig
+
+__all__ = ["FeatureConfig", "LogMelDeltas", "log_mel_deltas", "as_feature_config"]
+
+
+def as_feature_config(config: FeatureConfig | Mapping[str, Any] | None) -> FeatureConfig:
+    """A :class:`FeatureConfig` from itself, a mapping of its fields (e.g. an OmegaConf
+    ``DictConfig``), or ``None`` (the defaults)."""
+    if config is None:
+        return FeatureConfig()
+    if isinstance(config, FeatureConfig):
+        return config
+    if isinstance(config, Mapping):
+        names = {f.name for f in dataclasses.fields(FeatureConfig)}
+        unknown = sorted(set(map(str, config.keys())) - names)
+        if unknown:
+            raise ValueError(f"unknown feature setting(s) {unknown}: expected keys from {sorted(names)}")
+        return FeatureConfig(**{k: (list(v) if k == "channels" else v) for k, v in config.items()})
+    raise TypeError(f"config must be a FeatureConfig, a mapping of its fields or None, got {type(config).__name__}")
+
+
+def _check_backend(config: FeatureConfig) -> None:
+    if config.backend == "kaldi" and (config.mel_scale != "htk" or config.mel_norm is not None):
+        raise ValueError(
+            f"features.backend='kaldi' computes Kaldi's HTK mel banks without normalisation, but "
+            f"mel_scale={config.mel_scale!r}, mel_norm={config.mel_norm!r}; set mel_scale='htk' and "
+            f"mel_norm=None, or use backend='torchaudio'"
+        )
+
+
+def _zero_beyond(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Set ``x[b, lengths[b]:] = 0`` in place for ``x`` ``(B, L, ...)``; returns ``x``."""
+    L = x.shape[1]
+    for b in (lengths < L).nonzero().view(-1).tolist():
+        x[b, int(lengths[b]) :] = 0
+    return x
+
+
+def log_mel_deltas(
+    waveforms: torch.Tensor,
+    lengths: torch.Tensor,
+    config: FeatureConfig,
+    window: torch.Tensor,
+    mel: torch.Tensor,
+    global_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of a padded batch (module docstring).
+
+    Args:
+        waveforms: ``(B, S)`` float32 in [-1, 1].
+        lengths: ``(B,)`` int64 valid samples, each in ``[0, S]``.
+        config: the feature settings.
+        window: ``(win,)`` analysis window of the backend.
+        mel: ``(n_fft//2 + 1, F)`` filterbank of the backend.
+        global_stats: ``(mean, std)`` each ``(F, C)``, for ``normalization="global"``.
+        generator: random source of the dither (``config.dither > 0`` only).
+
+    Returns:
+        ``(features (B, T, F, C) float32, frame_lengths (B,) int64)`` with ``T`` the
+        frame count of the longest utterance; frames ``t >= frame_lengths[b]`` are 0.
+    """
+    hop, win = config.hop_length, config.win_length
+    frame_lengths = shapes.frames_from_samples_tensor(lengths, win, hop, config.framing)
+    longest = int(lengths.max()) if lengths.numel() else 0
+    waveforms = _zero_beyond(waveforms[:, :longest].clone(), lengths)
+    backend = kaldi_fbank.kaldi_log_fbank if config.backend == "kaldi" else fbank.log_mel
+    static = backend(waveforms, config, window, mel, generator)  # (B, T, F)
+    T = static.shape[1]
+    assert T == (int(frame_lengths.max()) if lengths.numel() else 0), (
+        f"backend made {T} frames, shapes.frames_from_samples says {frame_lengths.tolist()}"
+    )
+    wanted = config.channels
+    parts = {"static": static}
+    if "delta" in wanted or ("delta_delta" in wanted and config.order2 == "cascade"):
+        parts["delta"] = deltas.compute_deltas(static, frame_lengths, config.delta_window)
+    if "delta_delta" in wanted:
+        parts["delta_delta"] = deltas.compute_delta_deltas(
+            static, frame_lengths, config.delta_window, config.order2, parts.get("delta")
+        )
+    features = torch.stack([parts[c] for c in wanted], dim=-1)  # C x (B, T, F) -> (B, T, F, C)
+    if config.normalization == "utterance":
+        features = cmvn.utterance_cmvn(features, frame_lengths)
+    elif config.normalization == "global":
+        assert global_stats is not None, "normalization='global' needs the statistics"
+        features = cmvn.global_cmvn(features, frame_lengths, *global_stats)
+    return _zero_beyond(features, frame_lengths), frame_lengths
+
+
+class LogMelDeltas(nn.Module):
+    """``(B, S)`` waveforms -> ``(B, T, F, C)`` log-mel + deltas (the paper's T x 80 x 3).
+
+    Args:
+        config: a :class:`FeatureConfig`, a mapping of its fields, or ``None`` for the
+            defaults (80 bins, 25/10 ms, ``kaldi`` framing, ``torchaudio`` backend,
+            static + delta + delta-delta, no normalisation).
+
+    Buffers: ``window`` ``(win,)``, ``mel_matrix`` ``(n_fft//2 + 1, F)`` and, with
+    ``normalization="global"``, ``global_mean`` and ``global_std`` ``(F, C)`` read from
+    ``config.global_stats_path``.
+    """
+
+    def __init__(self, config: FeatureConfig | Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.config = as_feature_config(config)
+        cfg = self.config
+        _check_backend(cfg)
+        if cfg.backend == "kaldi":
+            window = kaldi_fbank.kaldi_window(cfg.window, cfg.win_length)
+            mel = kaldi_fbank.kaldi_mel_banks(cfg.n_mels, cfg.n_fft, cfg.sample_rate, cfg.f_min, cfg.upper_hz)
+        else:
+            window, mel = fbank.hann_window(cfg.win_length), fbank.mel_matrix(cfg)
+        self.register_buffer("window", window, persistent=False)
+        self.register_buffer("mel_matrix", mel, persistent=False)
+        self.global_mean: torch.Tensor | None = None
+        self.global_std: torch.Tensor | None = None
+        if cfg.normalization == "global":
+            mean, std = cmvn.load_global_stats(cfg.global_stats_path, cfg.n_mels, cfg.channels)
+            self.register_buffer("global_mean", mean)
+            self.register_buffer("global_std", std)
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """``(F, C)`` of the features."""
+        return self.config.n_mels, self.config.n_channels
+
+    def num_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` samples -> ``(B,)`` frames (:func:`speechconv.shapes.frames_from_samples_tensor`)."""
+        return shapes.frames_from_samples_tensor(num_samples, self.config.win_length, self.config.hop_length,
+                                                 self.config.framing)
+
+    def forward(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features of a batch, or of one waveform.
+
+        Args:
+            waveforms: ``(B, S)`` padded batch, or ``(S,)`` one utterance; float in [-1, 1].
+            lengths: ``(B,)`` valid samples per utterance (``None``: all ``S``); for a
+                1-D waveform ``None`` or a scalar.
+
+        Returns:
+            ``(features (B, T, F, C) float32, frame_lengths (B,) int64)``, or
+            ``((T, F, C), scalar int64)`` for a 1-D waveform.  Frames beyond each
+            utterance's frame count are exactly zero.
+        """
+        single = waveforms.dim() == 1
+        if waveforms.dim() not in (1, 2):
+            raise ValueError(f"waveforms must be (B, S) or (S,), got shape {tuple(waveforms.shape)}; "
+                             f"mix channels to mono and stack utterances into a padded batch")
+        if not (waveforms.is_floating_point()):
+            raise ValueError(f"waveforms must be float in [-1, 1], got dtype {waveforms.dtype}; "
+                             f"divide int16 audio by 32768 (speechconv.load_audio does this)")
+        device = self.mel_matrix.device
+        batch = waveforms[None] if single else waveforms  # (S,) -> (1, S)
+        batch = batch.to(device=device, dtype=torch.float32)
+        B, S = batch.shape
+        if lengths is None:
+            lens = torch.full((B,), S, dtype=torch.int64, device=device)
+        else:
+            lens = torch.as_tensor(lengths, device=device).reshape(-1).to(torch.int64)
+            if lens.shape != (B,) or bool(((lens < 0) | (lens > S)).any()):
+                raise ValueError(f"lengths must be {B} sample counts in [0, {S}], got {lengths!r}; "
+                                 f"pass each utterance's valid samples (or None for all)")
+        stats = (self.global_mean, self.global_std) if self.global_mean is not None else None
+        features, frame_lengths = log_mel_deltas(batch, lens, self.config, self.window, self.mel_matrix, stats)
+        if single:
+            return features[0], frame_lengths[0]
+        return features, frame_lengths
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"backend={c.backend}, n_mels={c.n_mels}, win={c.win_length}, hop={c.hop_length}, "
+                f"framing={c.framing}, channels={c.channels}, normalization={c.normalization}")
+
+
+if __name__ == "__main__":
+    from speechconv.extract_cli import main
+
+    raise SystemExit(main())
