@@ -1,0 +1,160 @@
+"""Batch feature extraction: audio files -> ``DIR/<stem>.pt`` (+ ``DIR/<stem>.png``).
+
+Run as ``python -m speechconv.features AUDIO... --out DIR`` (or
+``python -m speechconv.extract_cli``).  Each ``.pt`` file holds a dict that
+``torch.load(..., weights_only=True)`` reads:
+
+    features     (T, F, C) float32 tensor
+    num_frames   int, T
+    sample_rate  int, Hz of the waveform the features came from
+    config       dict, the FeatureConfig (dataclasses.asdict)
+    source       str, the absolute path of the audio file
+
+A bad file does not stop the run: the good files are written, the bad ones are listed
+with their errors on stderr at the end.  Exit code 0 if every file succeeded, 1 if any
+failed (a clash of output names counts as a failure of each file involved), 2 for
+usage errors (bad options, an --out that is a file).
+Every output is written atomically, so an interrupted run never leaves a torn file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from speechconv import shapes
+from speechconv.atomic import atomic_path
+from speechconv.feature_config import BACKENDS, FeatureConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m speechconv.features",
+        description="Compute log-mel + delta + delta-delta features (T, F, C) of audio files and save one "
+        "<stem>.pt (and a <stem>.png picture) per file.",
+    )
+    parser.add_argument("audio", nargs="+", type=Path, metavar="AUDIO",
+                        help="audio files (WAV, FLAC, Ogg Vorbis, AIFF, ...; any rate, resampled to 16 kHz)")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if needed)")
+    parser.add_argument("--backend", choices=BACKENDS, default=FeatureConfig.backend,
+                        help="feature implementation (default: %(default)s)")
+    parser.add_argument("--framing", choices=shapes.FRAMINGS, default=FeatureConfig.framing,
+                        help="kaldi: snip edges, T = 1 + (S - win) // hop; center: T = 1 + S // hop "
+                        "(default: %(default)s)")
+    parser.add_argument("--n-mels", type=int, default=FeatureConfig.n_mels, metavar="F",
+                        help="mel bins F (default: %(default)s)")
+    parser.add_argument("--no-plot", action="store_true", help="write only the .pt files, no .png pictures")
+    return parser
+
+
+def output_stems(paths: Sequence[Path]) -> tuple[dict[Path, str], dict[Path, str]]:
+    """Output stem of each distinct input file, and an error for each clashing one.
+
+    Two different files with the same stem (``a/x.wav``, ``b/x.flac``) would write the
+    same ``x.pt``; rather than let the last one win silently, every file of a clashing
+    stem is refused.  A file listed twice is processed once.
+
+    Returns:
+        ``(stems, clashes)``: input path -> stem for the files to process, and input
+        path -> error message for the refused ones (both in first-seen order).
+    """
+    by_stem: dict[str, list[Path]] = defaultdict(list)
+    seen: set[Path] = set()
+    for path in paths:
+        key = path.resolve()
+        if key in seen:
+            continue
+        seen.add(key)
+        by_stem[path.stem].append(path)
+    stems: dict[Path, str] = {}
+    clashes: dict[Path, str] = {}
+    for stem, group in by_stem.items():
+        if len(group) == 1:
+            stems[group[0]] = stem
+            continue
+        names = ", ".join(str(p) for p in group)
+        for path in group:
+            clashes[path] = (f"output name clash: {names} would all be written as {stem}.pt; "
+                             "rename the files or extract them into different --out folders")
+    return stems, clashes
+
+
+def extract_file(path: Path, stem: str, out_dir: Path, extractor: torch.nn.Module, config: FeatureConfig,
+                 plot: bool) -> int:
+    """Features of one file -> ``out_dir/<stem>.pt`` (+ ``.png``); returns ``T``."""
+    from speechconv.audio import load_audio
+
+    waveform = load_audio(path, sample_rate=config.sample_rate)  # (S,)
+    with torch.inference_mode():
+        features, length = extractor(waveform)  # (S,) -> (T, F, C), ()
+    num_frames = int(length)
+    assert features.dim() == 3 and features.shape[0] == num_frames, (
+        f"LogMelDeltas returned {tuple(features.shape)} with length {num_frames} for a 1-D waveform"
+    )
+    record = {
+        "features": features.detach().to("cpu", torch.float32).contiguous(),
+        "num_frames": num_frames,
+        "sample_rate": config.sample_rate,
+        "config": dataclasses.asdict(config),
+        "source": str(path.resolve()),
+    }
+    with atomic_path(out_dir / f"{stem}.pt") as tmp:
+        torch.save(record, tmp)
+    if plot:
+        from speechconv.plot import plot_features
+
+        plot_features(record["features"], out_dir / f"{stem}.png", hop_ms=config.hop_ms,
+                      channel_names=config.channels, title=f"{path.name}  ({num_frames} frames)")
+    return num_frames
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI on ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2): argparse has printed why
+        return int(exc.code or 0)
+    try:
+        config = FeatureConfig(backend=args.backend, framing=args.framing, n_mels=args.n_mels)
+    except ValueError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    if args.out.exists() and not args.out.is_dir():
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: --out {args.out} is a file, expected a folder; choose another path",
+              file=sys.stderr)
+        return 2
+
+    from speechconv.features import LogMelDeltas
+
+    extractor = LogMelDeltas(config).eval()
+    stems, failures = output_stems(args.audio)
+    total = len(stems) + len(failures)
+    written = 0
+    for path, stem in tqdm(stems.items(), desc="features", unit="file", disable=None):
+        try:
+            extract_file(path, stem, args.out, extractor, config, plot=not args.no_plot)
+            written += 1
+        except Exception as exc:  # one bad file must not stop the batch; it is listed below
+            message = str(exc) if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
+            failures[path] = message
+    print(f"wrote features of {written} of {total} file(s) to {args.out}")
+    if failures:
+        print(f"{len(failures)} file(s) failed:", file=sys.stderr)
+        for path, message in failures.items():
+            print("  " + (message if message.startswith(str(path)) else f"{path}: {message}"), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
