@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from speechconv import shapes
 from speechconv.atomic import atomic_path
+from speechconv.audio import load_audio
 from speechconv.feature_config import BACKENDS, FeatureConfig
 
 
@@ -89,8 +90,6 @@ def output_stems(paths: Sequence[Path]) -> tuple[dict[Path, str], dict[Path, str
 def extract_file(path: Path, stem: str, out_dir: Path, extractor: torch.nn.Module, config: FeatureConfig,
                  plot: bool) -> int:
     """Features of one file -> ``out_dir/<stem>.pt`` (+ ``.png``); returns ``T``."""
-    from speechconv.audio import load_audio
-
     waveform = load_audio(path, sample_rate=config.sample_rate)  # (S,)
     with torch.inference_mode():
         features, length = extractor(waveform)  # (S,) -> (T, F, C), ()
@@ -134,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
 
-    from speechconv.features import LogMelDeltas
+    from speechconv.features import LogMelDeltas  # here: speechconv.features runs this module as its __main__
 
     extractor = LogMelDeltas(config).eval()
     stems, failures = output_stems(args.audio)
