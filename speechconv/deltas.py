@@ -45,6 +45,34 @@ def kaldi_order2_taps(window: int) -> torch.Tensor:
     return torch.nn.functional.conv1d(taps.view(1, 1, -1), taps.flip(0).view(1, 1, -1), padding=2 * window).view(-1)
 
 
+def replicate_edges_(extended: torch.Tensor, lengths: torch.Tensor, pad: int) -> torch.Tensor:
+    """Fill the ``pad`` frames on each side of every utterance with its own edge frames, in place.
+
+    Args:
+        extended: ``(B, T + 2 pad, F)`` holding frame ``t`` of each utterance at ``pad + t``.
+        lengths: ``(B,)`` valid frames per utterance, each in ``[0, T]``.
+        pad: frames on each side.
+
+    Returns:
+        ``extended``, with positions ``< pad`` holding frame 0 and positions
+        ``pad + L .. pad + L + pad - 1`` holding frame ``L - 1`` of an utterance of
+        length ``L >= 1`` (anything later is padding the caller ignores).
+    """
+    T = extended.shape[1] - 2 * pad
+    if pad == 0 or T <= 0:
+        return extended
+    extended[:, :pad] = extended[:, pad : pad + 1]
+    extended[:, pad + T :] = extended[:, pad + T - 1 : pad + T]
+    short = (lengths > 0) & (lengths < T)
+    if bool(short.any()):
+        rows = short.nonzero().view(-1)
+        last = extended[rows, pad + lengths[rows] - 1]  # (R, F)
+        # (R,) rows x (pad,) offsets: the frames just after each short utterance's end.
+        pos = (pad + lengths[rows])[:, None] + torch.arange(pad, device=extended.device)[None, :]
+        extended[rows[:, None], pos] = last[:, None, :]
+    return extended
+
+
 def pad_replicate(features: torch.Tensor, lengths: torch.Tensor, pad: int) -> torch.Tensor:
     """Pad each utterance along T by ``pad`` copies of its own first and last valid frame.
 
@@ -54,51 +82,83 @@ def pad_replicate(features: torch.Tensor, lengths: torch.Tensor, pad: int) -> to
         pad: frames added on each side.
 
     Returns:
-        ``(B, T + 2 pad, F)``: position ``pad + t`` holds frame ``t``; positions
-        ``pad + L .. pad + L + pad - 1`` hold frame ``L - 1`` of an utterance of length
-        ``L >= 1`` (anything later is padding the caller ignores).
+        ``(B, T + 2 pad, F)`` as :func:`replicate_edges_` leaves it.
     """
     B, T, F = features.shape
-    if T == 0:
-        return features.new_zeros(B, 2 * pad, F)
-    out = features.new_empty(B, T + 2 * pad, F)
+    out = features.new_zeros(B, T + 2 * pad, F) if T == 0 else features.new_empty(B, T + 2 * pad, F)
     out[:, pad : pad + T] = features
-    out[:, :pad] = features[:, :1]
-    out[:, pad + T :] = features[:, -1:]
-    short = (lengths > 0) & (lengths < T)
-    if pad and bool(short.any()):
-        rows = short.nonzero().view(-1)
-        last = lengths[rows] - 1
-        # (R,) rows x (pad,) offsets: the frames just after each short utterance's end.
-        pos = (pad + lengths[rows])[:, None] + torch.arange(pad, device=features.device)[None, :]
-        out[rows[:, None], pos] = features[rows, last][:, None, :]
-    return out
+    return replicate_edges_(out, lengths, pad)
 
 
-def apply_taps(padded: torch.Tensor, taps: torch.Tensor, num_frames: int) -> torch.Tensor:
+def apply_taps(padded: torch.Tensor, taps: torch.Tensor, num_frames: int,
+               out: torch.Tensor | None = None) -> torch.Tensor:
     """Correlate along T with odd-length ``taps``: ``out_t = sum_j taps_j padded_{t + j}``.
 
     Args:
         padded: ``(B, T + 2K, F)`` from :func:`pad_replicate` with ``K = len(taps) // 2``.
-        taps: ``(2K + 1,)`` weights (any float dtype; cast to ``padded``'s).
+        taps: ``(2K + 1,)`` weights (any float dtype).
         num_frames: ``T``.
+        out: optional ``(B, T, F)`` destination (may be strided, e.g. one channel of
+            ``(B, T, F, C)`` features): the last tap is added straight into it.
 
     Returns:
         ``(B, T, F)``.  Shifted slices of the contiguous ``(B, T, F)`` layout beat a
         conv1d here: the features are made frame-major, and a conv would need two
-        transposes of the whole tensor.  The centre tap is skipped when it is zero.
+        transposes of the whole tensor.  Zero taps (the centre one) are skipped.
     """
     K = taps.numel() // 2
     assert padded.shape[1] == num_frames + 2 * K, f"padded has {padded.shape[1]} frames, expected {num_frames}+2*{K}"
-    weights = taps.tolist()
-    out = None
-    for j, w in enumerate(weights):
-        if w == 0.0:
-            continue
-        term = padded[:, j : j + num_frames]
-        out = term * w if out is None else out.add_(term, alpha=w)
-    assert out is not None, "all taps are zero"
-    return out
+    terms = [(w, padded[:, j : j + num_frames]) for j, w in enumerate(taps.tolist()) if w != 0.0]
+    assert terms, "all taps are zero"
+    if len(terms) == 1:
+        result = terms[0][1] * terms[0][0]
+        return result if out is None else out.copy_(result)
+    acc = terms[0][1] * terms[0][0]
+    for w, term in terms[1:-1]:
+        acc.add_(term, alpha=w)
+    w, term = terms[-1]
+    return torch.add(acc, term, alpha=w, out=out) if out is not None else acc.add_(term, alpha=w)
+
+
+def context_frames(window: int, rule: str, delta_delta: bool) -> int:
+    """Edge frames :func:`deltas_into` needs on each side: ``2N`` for Kaldi's second order, else ``N``."""
+    return 2 * window if delta_delta and rule == "kaldi" else window
+
+
+def deltas_into(extended: torch.Tensor, lengths: torch.Tensor, window: int, rule: str,
+                delta_out: torch.Tensor | None, delta_delta_out: torch.Tensor | None) -> None:
+    """Write deltas of statics held in an edge buffer into (possibly strided) outputs.
+
+    Args:
+        extended: ``(B, T + 2P, F)`` with the statics at ``[P, P + T)``,
+            ``P = context_frames(window, rule, delta_delta_out is not None)``; its
+            edges are filled here (:func:`replicate_edges_`).
+        lengths: ``(B,)`` valid frames per utterance.
+        window: ``N``.
+        rule: ``kaldi`` or ``cascade`` (module docstring).
+        delta_out, delta_delta_out: ``(B, T, F)`` destinations, or ``None`` to skip.
+    """
+    P = context_frames(window, rule, delta_delta_out is not None)
+    T = extended.shape[1] - 2 * P
+    taps = delta_taps(window)
+    replicate_edges_(extended, lengths, P)
+    if delta_delta_out is None:
+        if delta_out is not None:
+            apply_taps(extended, taps, T, out=delta_out)
+        return
+    if rule == "kaldi":
+        # e_u for u = -N .. T-1+N; its middle is the first order (see delta_and_delta_delta).
+        first = apply_taps(extended, taps, T + 2 * window)
+        if delta_out is not None:
+            delta_out.copy_(first[:, window : window + T])
+        apply_taps(first, taps, T, out=delta_delta_out)
+    elif rule == "cascade":
+        first = apply_taps(extended, taps, T)
+        if delta_out is not None:
+            delta_out.copy_(first)
+        apply_taps(pad_replicate(first, lengths, window), taps, T, out=delta_delta_out)
+    else:
+        raise ValueError(f"order2 rule {rule!r} is invalid: expected one of {ORDER2_RULES}")
 
 
 def compute_deltas(features: torch.Tensor, lengths: torch.Tensor, window: int = 2) -> torch.Tensor:
@@ -116,27 +176,33 @@ def compute_deltas(features: torch.Tensor, lengths: torch.Tensor, window: int = 
     return apply_taps(pad_replicate(features, lengths, window), delta_taps(window), T)
 
 
-def compute_delta_deltas(
-    features: torch.Tensor, lengths: torch.Tensor, window: int = 2, rule: str = "kaldi",
-    deltas: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Second-order deltas by ``rule`` (module docstring).
+def delta_and_delta_delta(
+    features: torch.Tensor, lengths: torch.Tensor, window: int = 2, rule: str = "kaldi"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """First- and second-order deltas by ``rule`` (module docstring).
+
+    ``kaldi`` is computed without the ``4N + 1``-tap filter: the first-order taps are
+    applied to the statics clamped ``2N`` frames beyond each edge, giving
+    ``e_u = sum_n a_n c_{clamp(u+n)}`` for ``u = -N .. L-1+N``; then
+    ``sum_k a_k e_{t+k} = sum_j (a * a)_j c_{clamp(t+j)}``, Kaldi's order-2 output,
+    and ``e_t`` for ``0 <= t < L`` is the first-order output itself.  Two
+    ``2N + 1``-tap passes instead of one of ``2N + 1`` and one of ``4N + 1`` taps.
 
     Args:
         features: ``(B, T, F)`` static features.
         lengths: ``(B,)`` valid frames per utterance.
         window: ``N`` of the first-order rule.
-        rule: ``kaldi`` (9-tap filter on the clamped statics) or ``cascade``.
-        deltas: ``(B, T, F)`` first-order deltas if already computed (``cascade`` reuses them).
+        rule: ``kaldi`` or ``cascade``.
 
     Returns:
-        ``(B, T, F)``, valid on ``t < lengths[b]``.
+        ``(delta, delta_delta)``, each ``(B, T, F)``, valid on ``t < lengths[b]``.
     """
     T = features.shape[1]
+    taps = delta_taps(window)
     if rule == "kaldi":
-        taps = kaldi_order2_taps(window)
-        return apply_taps(pad_replicate(features, lengths, 2 * window), taps, T)
+        extended = apply_taps(pad_replicate(features, lengths, 2 * window), taps, T + 2 * window)
+        return extended[:, window : window + T], apply_taps(extended, taps, T)
     if rule == "cascade":
-        first = compute_deltas(features, lengths, window) if deltas is None else deltas
-        return compute_deltas(first, lengths, window)
+        first = compute_deltas(features, lengths, window)
+        return first, compute_deltas(first, lengths, window)
     raise ValueError(f"order2 rule {rule!r} is invalid: expected one of {ORDER2_RULES}")

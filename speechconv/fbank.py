@@ -2,25 +2,26 @@
 
 One fused pass over a padded batch, no per-utterance loop:
 
-    waveforms (B, S) -> frames (B, T, win) as a strided view (no copy)
-    -> Hann window -> rfft(n_fft) -> re*re + im*im -> @ mel matrix (torchaudio's
-    ``melscale_fbanks``) -> log(max(x, log_floor))
+    waveforms (B, S) -> frames (B, T, n_fft) as a strided view (no copy)
+    -> x window placed in the frame (windows and zero-pads at once) -> rfft
+    -> re*re + im*im -> @ mel matrix (torchaudio's ``melscale_fbanks``)
+    -> log(max(x, log_floor))
 
-A window of ``win`` samples zero-padded to ``n_fft`` has the same power spectrum
-wherever it sits inside the ``n_fft`` frame (a shift only changes the phase), so the
-frames hold ``win`` samples, not ``n_fft``: torch.stft's ``win_length < n_fft`` (window
-centred in the frame) gives the same numbers with 28% more data to move.
+Each frame is ``n_fft`` samples of which the window keeps ``win``: the FFT then runs
+on contiguous ``n_fft`` rows, which is 5x faster than ``rfft(x, n=n_fft)`` on
+``win``-sample rows.
 
 Framings (``FeatureConfig.framing``; the counts are :func:`speechconv.shapes.frames_from_samples`):
 
-``kaldi``   frame ``t`` is samples ``[t*hop, t*hop + win)`` (Kaldi's snip edges).
+``kaldi``   the window covers samples ``[t*hop, t*hop + win)`` (Kaldi's snip edges).
 ``center``  frame ``t`` is centred on sample ``t*hop`` exactly as torch.stft/librosa
-            with ``center=True`` place it: it starts ``n_fft//2 - (n_fft - win)//2``
-            samples earlier (200 at the defaults).  The signal is padded with **zeros**
-            (librosa's ``pad_mode="constant"``), never reflected: a reflection would
-            read samples beyond an utterance's end from a padded batch's neighbouring
-            zeros versus the utterance's own samples alone, so only zero padding keeps
-            an utterance's features the same in a batch and alone.
+            with ``center=True`` place it: ``n_fft // 2`` samples of padding in
+            front and the window at ``(n_fft - win) // 2`` inside the frame, so it
+            covers ``[t*hop - 200, t*hop + 200)`` at the defaults.  The signal is
+            padded with **zeros** (librosa's ``pad_mode="constant"``), never
+            reflected: in a padded batch a shorter utterance is followed by zeros,
+            not by its own reflection, so only zero padding gives an utterance the
+            same last frames in a batch and alone.
 
 Long inputs are processed in chunks of at most :data:`CHUNK_FRAMES` frames: the
 per-chunk temporaries (frames, spectrum) then stay small enough for glibc's allocator
@@ -39,73 +40,106 @@ import torchaudio.functional as AF
 from speechconv import shapes
 from speechconv.feature_config import FeatureConfig
 
-CHUNK_FRAMES = 1024
-"""Frames per chunk (a 1024 x 257 complex spectrum is 2 MB)."""
+CHUNK_FRAMES = 512
+"""Frames per chunk: a 512 x 512 float32 frame block is 1 MB and its spectrum as much,
+so a chunk's temporaries stay in cache (256 to 1024 measured within noise of each other)."""
 
 DITHER_SCALE = 1.0 / 32768.0
 """``FeatureConfig.dither`` is in int16 units (Kaldi's); [-1, 1] waveforms take it scaled."""
 
 
-def center_offset(win_length: int, n_fft: int) -> int:
-    """Samples between a ``center`` frame's first sample and its centre sample ``t*hop``.
-
-    torch.stft pads ``n_fft // 2`` and places the window at ``(n_fft - win) // 2``
-    inside each ``n_fft`` frame, so the window starts ``n_fft//2 - (n_fft-win)//2``
-    samples before ``t*hop`` (200 for win 400, n_fft 512).
-    """
-    return n_fft // 2 - (n_fft - win_length) // 2
+def frame_offset(win_length: int, n_fft: int, framing: str) -> int:
+    """Where the window sits inside each ``n_fft`` frame: 0 for ``kaldi``, and
+    ``(n_fft - win) // 2`` for ``center`` (torch.stft's placement)."""
+    return (n_fft - win_length) // 2 if framing == "center" else 0
 
 
-def frame_waveforms(waveforms: torch.Tensor, win_length: int, hop_length: int, n_fft: int,
-                    framing: str) -> torch.Tensor:
-    """Cut a padded batch into frames of ``win_length`` samples.
+def pad_for_framing(waveforms: torch.Tensor, lengths: torch.Tensor, win_length: int, hop_length: int,
+                    n_fft: int, framing: str, dither: float = 0.0,
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+    """Copy a batch into a zero-padded buffer from which :func:`frames_of` cuts ``T`` frames.
+
+    Frame ``t`` is samples ``[t*hop, t*hop + n_fft)`` of the result, with the window
+    at :func:`frame_offset` inside it.  ``center`` puts ``n_fft // 2`` zeros in front
+    (frame ``t`` is then centred on input sample ``t*hop``); both framings add zeros
+    at the end so that the last frame's columns beyond its window exist.  Samples at
+    or beyond each utterance's length are set to zero, so a batch's padding never
+    reaches an utterance's frames.  One copy of the waveforms, nothing else.
 
     Args:
-        waveforms: ``(B, S)``; samples beyond each utterance's length must already be zero.
+        waveforms: ``(B, S)``.
+        lengths: ``(B,)`` valid samples per utterance.
         win_length, hop_length, n_fft: samples.
-        framing: ``kaldi`` or ``center`` (module docstring).
+        framing: ``kaldi`` or ``center``.
+        dither: standard deviation of Gaussian noise added to the valid samples (0: none).
+            Each sample is dithered once, so overlapping frames share their noise,
+            where Kaldi draws new noise for every frame; both are zero-mean noise of
+            the same power, and only ``dither=0`` is deterministic.
+        generator: random source of the dither.
 
     Returns:
-        ``(B, T, win_length)`` with ``T = frames_from_samples(S)``, a strided view of
-        ``waveforms`` (``kaldi``) or of a zero-padded copy (``center``).
+        ``(padded (B, S'), T)`` with ``T = frames_from_samples(S)``.
     """
     B, S = waveforms.shape
     T = shapes.frames_from_samples(S, win_length, hop_length, framing)
-    if T == 0:
-        return waveforms.new_zeros(B, 0, win_length)
-    if framing == "center":
-        left = center_offset(win_length, n_fft)
-        right = max((T - 1) * hop_length + win_length - left - S, 0)
-        waveforms = F.pad(waveforms, (left, right))
-    frames = waveforms.unfold(-1, win_length, hop_length)  # (B, S') -> (B, T', win)
-    assert frames.shape[1] >= T, f"framing {framing!r} made {frames.shape[1]} frames, expected {T}"
-    return frames[:, :T]
+    left = n_fft // 2 if framing == "center" else 0
+    right = max((T - 1) * hop_length + n_fft - left - S, 0) if T else 0
+    padded = waveforms.new_empty(B, left + S + right)
+    padded[:, :left] = 0.0
+    body = padded[:, left : left + S]
+    body.copy_(waveforms)
+    if dither > 0:
+        body.add_(torch.randn(body.shape, generator=generator, dtype=body.dtype, device=body.device), alpha=dither)
+    for b in (lengths < S).nonzero().view(-1).tolist():
+        padded[b, left + int(lengths[b]) :] = 0.0
+    padded[:, left + S :] = 0.0
+    return padded, T
 
 
-def map_frame_chunks(frames: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], n_out: int,
-                     chunk_frames: int = CHUNK_FRAMES) -> torch.Tensor:
-    """Apply ``fn`` to chunks of frames and gather the results.
+def frames_of(padded: torch.Tensor, num_frames: int, hop_length: int, n_fft: int) -> torch.Tensor:
+    """``(B, S')`` -> ``(B, T, n_fft)`` overlapping frames as a strided view (no copy)."""
+    if num_frames == 0:
+        return padded.new_zeros(padded.shape[0], 0, n_fft)
+    frames = padded.unfold(-1, n_fft, hop_length)  # (B, S') -> (B, T', n_fft)
+    assert frames.shape[1] >= num_frames, f"{frames.shape[1]} frames cut, {num_frames} expected"
+    return frames[:, :num_frames]
+
+
+def padded_window(window: torch.Tensor, n_fft: int, offset: int) -> torch.Tensor:
+    """``(win,)`` -> ``(n_fft,)``: the window at ``offset``, zeros elsewhere.
+
+    Multiplying an ``n_fft`` frame by it both windows and zero-pads in one pass, and
+    the FFT then runs on a contiguous ``n_fft`` row (5x faster than ``rfft(x, n=n_fft)``
+    on ``win``-sample rows, which copies each row into a padded buffer first).
+    """
+    return F.pad(window, (offset, n_fft - offset - window.numel()))
+
+
+def map_frame_chunks(frames: tuple[torch.Tensor, ...], fn: Callable[..., torch.Tensor], n_out: int,
+                     out: torch.Tensor | None = None, chunk_frames: int = CHUNK_FRAMES) -> torch.Tensor:
+    """Apply ``fn`` to matching chunks of frame-aligned tensors and gather the results.
 
     Args:
-        frames: ``(B, T, W)``.
-        fn: ``(b, t, W) -> (b, t, n_out)``, independent per frame.
+        frames: tensors ``(B, T, ...)`` sliced alike (frames, per-frame statistics).
+        fn: ``(b, t, ...) x len(frames) -> (b, t, n_out)``, independent per frame.
         n_out: last dimension of ``fn``'s output.
+        out: optional ``(B, T, n_out)`` destination (may be a strided view).
         chunk_frames: at most this many frames ``b * t`` per call.
 
     Returns:
         ``(B, T, n_out)`` float32.
     """
-    B, T, _ = frames.shape
-    if B * T == 0:
-        return frames.new_zeros(B, T, n_out)  # the FFT libraries reject empty input
+    B, T = frames[0].shape[:2]
+    if B * T == 0:  # the FFT libraries reject empty input
+        return frames[0].new_zeros(B, T, n_out) if out is None else out
     if B * T <= chunk_frames:
-        return fn(frames)
-    out = frames.new_empty(B, T, n_out)
-    rows = max(1, chunk_frames // max(T, 1))
+        return fn(*frames) if out is None else out.copy_(fn(*frames))
+    out = frames[0].new_empty(B, T, n_out) if out is None else out
+    rows = max(1, chunk_frames // T)
     t_step = T if rows > 1 else chunk_frames
     for b0 in range(0, B, rows):
         for t0 in range(0, T, t_step):
-            out[b0 : b0 + rows, t0 : t0 + t_step] = fn(frames[b0 : b0 + rows, t0 : t0 + t_step])
+            out[b0 : b0 + rows, t0 : t0 + t_step] = fn(*(f[b0 : b0 + rows, t0 : t0 + t_step] for f in frames))
     return out
 
 
@@ -122,7 +156,71 @@ def mel_matrix(config: FeatureConfig) -> torch.Tensor:
     ).float()
 
 
-def spectrum_to_log_mel(spec: torch.Tensor, mel: torch.Tensor, power: float, log_floor: float) -> torch.Tensor:
+MelBlocks = tuple[tuple[int, int, int, int], ...]
+"""Row and column ranges ``(bin_lo, bin_hi, band_lo, band_hi)`` of a mel matrix's nonzero blocks."""
+
+BLOCK_COST = 1500
+"""Estimated cost of one extra matmul call, in multiply-adds (sets how many blocks pay off)."""
+
+
+def mel_blocks(mel: torch.Tensor, max_blocks: int = 4) -> MelBlocks:
+    """Split a mel matrix ``(K, F)`` into column blocks of consecutive bands, each with
+    the rows (FFT bins) its bands touch.
+
+    Each bin feeds at most two neighbouring bands, so the matrix is mostly zeros: a
+    dense ``(t, K) @ (K, F)`` does ``K F`` multiply-adds per frame (20,560 at the
+    defaults), while four blocks do about a quarter of that and measure 2.2x faster.
+    The split points minimise ``sum(rows * bands) + BLOCK_COST * blocks`` by dynamic
+    programming over the band boundaries.  Products over the blocks equal the dense
+    product up to float rounding (the zeros they skip add nothing).
+    """
+    nonzero = mel != 0
+    F = mel.shape[1]
+    first, last = [], []
+    for band in range(F):
+        rows = nonzero[:, band].nonzero().view(-1)
+        first.append(int(rows[0]) if rows.numel() else 0)
+        last.append(int(rows[-1]) + 1 if rows.numel() else 0)
+
+    def span(a: int, b: int) -> tuple[int, int]:
+        lo, hi = min(first[a:b]), max(last[a:b])
+        return lo, max(hi, lo)
+
+    # best[g][b]: cheapest cover of bands [0, b) with g blocks; choice[g][b] = start of the last block
+    inf = float("inf")
+    best = [[inf] * (F + 1) for _ in range(max_blocks + 1)]
+    choice = [[0] * (F + 1) for _ in range(max_blocks + 1)]
+    best[0][0] = 0.0
+    for g in range(1, max_blocks + 1):
+        for b in range(1, F + 1):
+            for a in range(g - 1, b):
+                if best[g - 1][a] == inf:
+                    continue
+                lo, hi = span(a, b)
+                cost = best[g - 1][a] + (hi - lo) * (b - a) + BLOCK_COST
+                if cost < best[g][b]:
+                    best[g][b], choice[g][b] = cost, a
+    g = min(range(1, max_blocks + 1), key=lambda n: best[n][F])
+    blocks, b = [], F
+    while g:
+        a = choice[g][b]
+        blocks.append((*span(a, b), a, b))
+        b, g = a, g - 1
+    return tuple(reversed(blocks))
+
+
+def apply_mel(energy: torch.Tensor, mel: torch.Tensor, blocks: MelBlocks | None = None) -> torch.Tensor:
+    """Mel energies ``(b, t, K) @ (K, F) -> (b, t, F)``, by blocks when given (:func:`mel_blocks`)."""
+    if blocks is None:
+        return torch.matmul(energy, mel)
+    out = energy.new_empty(*energy.shape[:-1], mel.shape[1])
+    for lo, hi, a, b in blocks:
+        torch.matmul(energy[..., lo:hi], mel[lo:hi, a:b], out=out[..., a:b])
+    return out
+
+
+def spectrum_to_log_mel(spec: torch.Tensor, mel: torch.Tensor, power: float, log_floor: float,
+                        blocks: MelBlocks | None = None) -> torch.Tensor:
     """Complex spectrum ``(b, t, n_fft//2+1)`` -> log mel energies ``(b, t, F)``.
 
     ``re*re + im*im`` instead of ``abs()**2``: no square root, and an order of magnitude
@@ -132,31 +230,36 @@ def spectrum_to_log_mel(spec: torch.Tensor, mel: torch.Tensor, power: float, log
     energy = torch.addcmul(re * re, im, im)
     if power == 1.0:
         energy = energy.sqrt_()
-    return torch.matmul(energy, mel).clamp_min_(log_floor).log_()
+    return apply_mel(energy, mel, blocks).clamp_min_(log_floor).log_()
 
 
-def log_mel(waveforms: torch.Tensor, config: FeatureConfig, window: torch.Tensor, mel: torch.Tensor,
-            generator: torch.Generator | None = None) -> torch.Tensor:
-    """Log-mel filterbank energies of a zero-padded batch (the ``torchaudio`` backend).
+def log_mel(waveforms: torch.Tensor, lengths: torch.Tensor, config: FeatureConfig, window: torch.Tensor,
+            mel: torch.Tensor, blocks: MelBlocks | None = None, generator: torch.Generator | None = None,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+    """Log-mel filterbank energies of a padded batch (the ``torchaudio`` backend).
 
     Args:
-        waveforms: ``(B, S)`` float32 in [-1, 1], zero beyond each utterance's length.
+        waveforms: ``(B, S)`` float32 in [-1, 1].
+        lengths: ``(B,)`` valid samples per utterance (the rest is treated as zeros).
         config: framing, FFT size, power, log floor, dither.
         window: ``(win,)`` analysis window (:func:`hann_window`).
         mel: ``(n_fft//2 + 1, F)`` filterbank (:func:`mel_matrix`).
+        blocks: :func:`mel_blocks` of ``mel`` (``None``: one dense matmul).
         generator: random source of the dither (only used when ``config.dither > 0``).
+        out: optional ``(B, T, F)`` destination (may be a strided view).
 
     Returns:
         ``(B, T, F)`` natural-log energies, ``T = frames_from_samples(S)``; frames past an
         utterance's own frame count are unspecified (the caller zeroes them).
     """
-    frames = frame_waveforms(waveforms, config.win_length, config.hop_length, config.n_fft, config.framing)
-    n_fft, power, floor, dither = config.n_fft, config.power, config.log_floor, config.dither * DITHER_SCALE
+    hop, n_fft = config.hop_length, config.n_fft
+    padded, T = pad_for_framing(waveforms, lengths, config.win_length, hop, n_fft, config.framing,
+                                config.dither * DITHER_SCALE, generator)
+    power, floor = config.power, config.log_floor
+    placed = padded_window(window, n_fft, frame_offset(config.win_length, n_fft, config.framing))
 
-    def chunk(x: torch.Tensor) -> torch.Tensor:
-        if dither > 0:
-            x = x + dither * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        spec = torch.fft.rfft(x * window, n=n_fft)  # (b, t, win) -> (b, t, n_fft//2 + 1)
-        return spectrum_to_log_mel(spec, mel, power, floor)
+    def chunk(frames: torch.Tensor) -> torch.Tensor:
+        spec = torch.fft.rfft(frames * placed)  # (b, t, n_fft) -> (b, t, n_fft//2 + 1)
+        return spectrum_to_log_mel(spec, mel, power, floor, blocks)
 
-    return map_frame_chunks(frames, chunk, mel.shape[1])
+    return map_frame_chunks((frames_of(padded, T, hop, n_fft),), chunk, mel.shape[1], out)

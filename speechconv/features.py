@@ -59,12 +59,67 @@ def _check_backend(config: FeatureConfig) -> None:
         )
 
 
-def _zero_beyond(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Set ``x[b, lengths[b]:] = 0`` in place for ``x`` ``(B, L, ...)``; returns ``x``."""
-    L = x.shape[1]
-    for b in (lengths < L).nonzero().view(-1).tolist():
-        x[b, int(lengths[b]) :] = 0
-    return x
+GROUP_FRAMES = 4096
+"""Frames per group of utterances processed together (the batch is split into groups
+of consecutive utterances): every temporary of a group is a few MB and is reused
+from the heap, where whole-batch temporaries of tens of MB are mapped and unmapped by
+glibc on every op (measured 2x slower on long batches)."""
+
+
+def utterance_groups(frame_lengths: list[int], budget: int = GROUP_FRAMES) -> list[tuple[int, int]]:
+    """Split a batch into runs ``[b0, b1)`` of consecutive utterances whose padded
+    size ``(b1 - b0) * max(frames)`` stays within ``budget`` (one utterance at least)."""
+    groups, b0, longest = [], 0, 0
+    for b, n in enumerate(frame_lengths):
+        widest = max(longest, n, 1)
+        if b > b0 and (b - b0 + 1) * widest > budget:
+            groups.append((b0, b))
+            b0, widest = b, max(n, 1)
+        longest = widest
+    if frame_lengths:
+        groups.append((b0, len(frame_lengths)))
+    return groups
+
+
+def _group_features(
+    waveforms: torch.Tensor,
+    lengths: torch.Tensor,
+    frame_lengths: torch.Tensor,
+    config: FeatureConfig,
+    window: torch.Tensor,
+    mel: torch.Tensor,
+    global_stats: tuple[torch.Tensor, torch.Tensor] | None,
+    blocks: fbank.MelBlocks | None,
+    generator: torch.Generator | None,
+    out: torch.Tensor,
+) -> None:
+    """Features of one group written into ``out`` ``(b, T, F, C)`` (``T`` the group's longest).
+
+    The statics are made straight into an edge buffer that the deltas read, and each
+    channel's last operation writes into its strided slice of ``out``: no stacking.
+    """
+    T = out.shape[1]
+    wanted = config.channels
+    index = {name: c for c, name in enumerate(wanted)}
+    want_dd = "delta_delta" in index
+    P = deltas.context_frames(config.delta_window, config.order2, want_dd) if len(index.keys() - {"static"}) else 0
+    extended = waveforms.new_empty(waveforms.shape[0], T + 2 * P, config.n_mels)  # (b, T + 2P, F)
+    static = extended[:, P : P + T]
+    backend = kaldi_fbank.kaldi_log_fbank if config.backend == "kaldi" else fbank.log_mel
+    backend(waveforms, lengths, config, window, mel, blocks, generator, out=static)  # (b, T, F)
+    if "static" in index:
+        out[..., index["static"]] = static
+    if P:
+        deltas.deltas_into(
+            extended, frame_lengths, config.delta_window, config.order2,
+            out[..., index["delta"]] if "delta" in index else None,
+            out[..., index["delta_delta"]] if want_dd else None,
+        )
+    if config.normalization == "utterance":
+        out.copy_(cmvn.utterance_cmvn(out, frame_lengths))
+    elif config.normalization == "global":
+        assert global_stats is not None, "normalization='global' needs the statistics"
+        out.copy_(cmvn.global_cmvn(out, frame_lengths, *global_stats))
 
 
 def log_mel_deltas(
@@ -74,6 +129,7 @@ def log_mel_deltas(
     window: torch.Tensor,
     mel: torch.Tensor,
     global_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+    blocks: fbank.MelBlocks | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features of a padded batch (module docstring).
@@ -85,37 +141,29 @@ def log_mel_deltas(
         window: ``(win,)`` analysis window of the backend.
         mel: ``(n_fft//2 + 1, F)`` filterbank of the backend.
         global_stats: ``(mean, std)`` each ``(F, C)``, for ``normalization="global"``.
+        blocks: :func:`speechconv.fbank.mel_blocks` of ``mel`` (``None``: one dense matmul).
         generator: random source of the dither (``config.dither > 0`` only).
 
     Returns:
         ``(features (B, T, F, C) float32, frame_lengths (B,) int64)`` with ``T`` the
         frame count of the longest utterance; frames ``t >= frame_lengths[b]`` are 0.
     """
-    hop, win = config.hop_length, config.win_length
-    frame_lengths = shapes.frames_from_samples_tensor(lengths, win, hop, config.framing)
-    longest = int(lengths.max()) if lengths.numel() else 0
-    waveforms = _zero_beyond(waveforms[:, :longest].clone(), lengths)
-    backend = kaldi_fbank.kaldi_log_fbank if config.backend == "kaldi" else fbank.log_mel
-    static = backend(waveforms, config, window, mel, generator)  # (B, T, F)
-    T = static.shape[1]
-    assert T == (int(frame_lengths.max()) if lengths.numel() else 0), (
-        f"backend made {T} frames, shapes.frames_from_samples says {frame_lengths.tolist()}"
-    )
-    wanted = config.channels
-    parts = {"static": static}
-    if "delta" in wanted or ("delta_delta" in wanted and config.order2 == "cascade"):
-        parts["delta"] = deltas.compute_deltas(static, frame_lengths, config.delta_window)
-    if "delta_delta" in wanted:
-        parts["delta_delta"] = deltas.compute_delta_deltas(
-            static, frame_lengths, config.delta_window, config.order2, parts.get("delta")
-        )
-    features = torch.stack([parts[c] for c in wanted], dim=-1)  # C x (B, T, F) -> (B, T, F, C)
-    if config.normalization == "utterance":
-        features = cmvn.utterance_cmvn(features, frame_lengths)
-    elif config.normalization == "global":
-        assert global_stats is not None, "normalization='global' needs the statistics"
-        features = cmvn.global_cmvn(features, frame_lengths, *global_stats)
-    return _zero_beyond(features, frame_lengths), frame_lengths
+    frame_lengths = shapes.frames_from_samples_tensor(lengths, config.win_length, config.hop_length, config.framing)
+    B = lengths.shape[0]
+    T = int(frame_lengths.max()) if B else 0
+    features = waveforms.new_empty(B, T, config.n_mels, config.n_channels)
+    sample_counts, frame_counts = lengths.tolist(), frame_lengths.tolist()
+    for b0, b1 in utterance_groups(frame_counts):
+        t_group = max(frame_counts[b0:b1])
+        if t_group == 0:
+            continue
+        s_group = max(sample_counts[b0:b1])
+        _group_features(waveforms[b0:b1, :s_group], lengths[b0:b1], frame_lengths[b0:b1], config, window, mel,
+                        global_stats, blocks, generator, out=features[b0:b1, :t_group])
+    for b, n in enumerate(frame_counts):
+        if n < T:
+            features[b, n:] = 0.0
+    return features, frame_lengths
 
 
 class LogMelDeltas(nn.Module):
@@ -143,6 +191,7 @@ class LogMelDeltas(nn.Module):
             window, mel = fbank.hann_window(cfg.win_length), fbank.mel_matrix(cfg)
         self.register_buffer("window", window, persistent=False)
         self.register_buffer("mel_matrix", mel, persistent=False)
+        self.mel_blocks = fbank.mel_blocks(mel)
         self.global_mean: torch.Tensor | None = None
         self.global_std: torch.Tensor | None = None
         if cfg.normalization == "global":
@@ -194,7 +243,8 @@ class LogMelDeltas(nn.Module):
                 raise ValueError(f"lengths must be {B} sample counts in [0, {S}], got {lengths!r}; "
                                  f"pass each utterance's valid samples (or None for all)")
         stats = (self.global_mean, self.global_std) if self.global_mean is not None else None
-        features, frame_lengths = log_mel_deltas(batch, lens, self.config, self.window, self.mel_matrix, stats)
+        features, frame_lengths = log_mel_deltas(batch, lens, self.config, self.window, self.mel_matrix, stats,
+                                                 self.mel_blocks)
         if single:
             return features[0], frame_lengths[0]
         return features, frame_lengths

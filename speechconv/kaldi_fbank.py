@@ -29,7 +29,16 @@ import math
 
 import torch
 
-from speechconv.fbank import DITHER_SCALE, frame_waveforms, map_frame_chunks, spectrum_to_log_mel
+from speechconv.fbank import (
+    DITHER_SCALE,
+    MelBlocks,
+    frame_offset,
+    frames_of,
+    map_frame_chunks,
+    pad_for_framing,
+    padded_window,
+    spectrum_to_log_mel,
+)
 from speechconv.feature_config import FeatureConfig
 
 INT16_SCALE = 32768.0
@@ -78,40 +87,62 @@ def kaldi_mel_banks(n_mels: int, n_fft: int, sample_rate: int, low_freq: float, 
     return torch.cat([weights, weights.new_zeros(1, n_mels)]).float()  # (n_fft/2, F) + Nyquist row
 
 
-def kaldi_log_fbank(waveforms: torch.Tensor, config: FeatureConfig, window: torch.Tensor, mel: torch.Tensor,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """Kaldi log filterbank energies of a zero-padded batch (the ``kaldi`` backend).
+def kaldi_log_fbank(waveforms: torch.Tensor, lengths: torch.Tensor, config: FeatureConfig, window: torch.Tensor,
+                    mel: torch.Tensor, blocks: MelBlocks | None = None,
+                    generator: torch.Generator | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Kaldi log filterbank energies of a padded batch (the ``kaldi`` backend).
+
+    Steps 1-5 of the module docstring are linear in the frame, so they are folded
+    into one multiply-add per frame.  With ``x`` the frame, ``m`` its mean, ``c`` the
+    pre-emphasis, ``s`` the int16 scale and ``w`` the window, sample ``i >= 1`` is
+
+        ``s w_i ((x_i - m) - c (x_{i-1} - m)) = s w_i (p_i - (1 - c) m)``
+
+    where ``p = x_i - c x_{i-1}`` is pre-emphasis of the *whole signal* (one pass over
+    the waveform, shared by overlapping frames).  Sample 0 is ``s w_0 (1 - c)(x_0 - m)``
+    and is written separately (it is 0 for Kaldi's povey and hann windows, whose
+    ``w_0 = 0``).  So each frame costs one ``p * (s w)`` and one rank-one update
+    ``- m (1 - c) s w`` before its FFT.
 
     Args:
-        waveforms: ``(B, S)`` float32 in [-1, 1], zero beyond each utterance's length.
-        config: framing, FFT size, pre-emphasis, DC removal, power, log floor, dither.
+        waveforms: ``(B, S)`` float32 in [-1, 1].
+        lengths: ``(B,)`` valid samples per utterance (the rest is treated as zeros).
+        config: framing, FFT size, pre-emphasis, DC removal, int16 scale, power, log
+            floor, dither.
         window: ``(win,)`` (:func:`kaldi_window`).
         mel: ``(n_fft//2 + 1, F)`` (:func:`kaldi_mel_banks`).
+        blocks: :func:`speechconv.fbank.mel_blocks` of ``mel`` (``None``: one dense matmul).
         generator: random source of the dither (only used when ``config.dither > 0``).
+        out: optional ``(B, T, F)`` destination (may be a strided view).
 
     Returns:
         ``(B, T, F)``, ``T = frames_from_samples(S)``; frames past an utterance's own
         frame count are unspecified (the caller zeroes them).
     """
+    hop, win, n_fft, c = config.hop_length, config.win_length, config.n_fft, config.preemphasis
+    power, floor, remove_dc, w0 = config.power, config.log_floor, config.remove_dc_offset, float(window[0])
     scale = INT16_SCALE if config.kaldi_int16_scale else 1.0
-    dither = config.dither * (1.0 if config.kaldi_int16_scale else DITHER_SCALE)
-    frames = frame_waveforms(waveforms * scale, config.win_length, config.hop_length, config.n_fft, config.framing)
-    n_fft, coeff, remove_dc = config.n_fft, config.preemphasis, config.remove_dc_offset
-    power, floor = config.power, config.log_floor
+    padded, T = pad_for_framing(waveforms, lengths, win, hop, n_fft, config.framing,
+                                config.dither * DITHER_SCALE, generator)
+    offset = frame_offset(win, n_fft, config.framing)
+    frames = frames_of(padded, T, hop, n_fft)  # (B, T, n_fft), window at [offset, offset + win)
+    emphasised = torch.empty_like(padded)
+    torch.sub(padded[:, 1:], padded[:, :-1], alpha=c, out=emphasised[:, 1:])
+    emphasised[:, 0] = padded[:, 0]
+    first = frames[..., offset]  # (B, T): sample 0 of each window
+    means = frames[..., offset : offset + win].mean(-1) if remove_dc else torch.zeros_like(first)
+    sample0 = scale * w0 * (1.0 - c) * (first - means)  # (B, T)
+    scaled = padded_window(window * scale, n_fft, offset)
+    scaled[offset] = 0.0  # sample 0 is written separately
+    dc_taps = scaled * (1.0 - c)
 
-    def chunk(x: torch.Tensor) -> torch.Tensor:
-        if dither > 0:
-            x = x + dither * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    def chunk(p: torch.Tensor, m: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        y = p * scaled  # (b, t, n_fft)
         if remove_dc:
-            x = x - x.mean(-1, keepdim=True)
-        if coeff:
-            y = torch.empty_like(x)
-            torch.sub(x[..., 1:], x[..., :-1], alpha=coeff, out=y[..., 1:])
-            torch.mul(x[..., :1], 1.0 - coeff, out=y[..., :1])
-            x = y.mul_(window)
-        else:
-            x = x * window
-        spec = torch.fft.rfft(x, n=n_fft)  # (b, t, win) -> (b, t, n_fft//2 + 1)
-        return spectrum_to_log_mel(spec, mel, power, floor)
+            y.addcmul_(m[..., None], dc_taps, value=-1.0)  # (b, t) -> (b, t, 1)
+        if w0 != 0.0:
+            y[..., offset] = x0
+        spec = torch.fft.rfft(y)  # (b, t, n_fft) -> (b, t, n_fft//2 + 1)
+        return spectrum_to_log_mel(spec, mel, power, floor, blocks)
 
-    return map_frame_chunks(frames, chunk, mel.shape[1])
+    return map_frame_chunks((frames_of(emphasised, T, hop, n_fft), means, sample0), chunk, mel.shape[1], out)
