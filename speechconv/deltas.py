@@ -92,32 +92,39 @@ def pad_replicate(features: torch.Tensor, lengths: torch.Tensor, pad: int) -> to
 
 def apply_taps(padded: torch.Tensor, taps: torch.Tensor, num_frames: int,
                out: torch.Tensor | None = None) -> torch.Tensor:
-    """Correlate along T with odd-length ``taps``: ``out_t = sum_j taps_j padded_{t + j}``.
+    """Correlate along T with antisymmetric ``taps``: ``out_t = sum_j taps_j padded_{t + j}``.
 
     Args:
         padded: ``(B, T + 2K, F)`` from :func:`pad_replicate` with ``K = len(taps) // 2``.
-        taps: ``(2K + 1,)`` weights (any float dtype).
+        taps: ``(2K + 1,)`` weights with ``taps[K + n] = -taps[K - n]`` (the delta taps).
         num_frames: ``T``.
         out: optional ``(B, T, F)`` destination (may be strided, e.g. one channel of
-            ``(B, T, F, C)`` features): the last tap is added straight into it.
+            ``(B, T, F, C)`` features): the last operation writes straight into it.
 
     Returns:
-        ``(B, T, F)``.  Shifted slices of the contiguous ``(B, T, F)`` layout beat a
-        conv1d here: the features are made frame-major, and a conv would need two
-        transposes of the whole tensor.  Zero taps (the centre one) are skipped.
+        ``(B, T, F)``, computed as ``sum_n taps_{K+n} (padded_{t+K+n} - padded_{t+K-n})``
+        so that constant input gives exactly 0.  Shifted slices of the contiguous
+        ``(B, T, F)`` layout beat a conv1d here: the features are made frame-major,
+        and a conv would need two transposes of the whole tensor.
     """
     K = taps.numel() // 2
     assert padded.shape[1] == num_frames + 2 * K, f"padded has {padded.shape[1]} frames, expected {num_frames}+2*{K}"
-    terms = [(w, padded[:, j : j + num_frames]) for j, w in enumerate(taps.tolist()) if w != 0.0]
-    assert terms, "all taps are zero"
-    if len(terms) == 1:
-        result = terms[0][1] * terms[0][0]
-        return result if out is None else out.copy_(result)
-    acc = terms[0][1] * terms[0][0]
-    for w, term in terms[1:-1]:
-        acc.add_(term, alpha=w)
-    w, term = terms[-1]
-    return torch.add(acc, term, alpha=w, out=out) if out is not None else acc.add_(term, alpha=w)
+    w = taps.tolist()
+    assert K >= 1 and all(w[K + n] == -w[K - n] for n in range(K + 1)), f"taps {w} are not antisymmetric"
+
+    def frame(n: int) -> torch.Tensor:  # padded_{t + K + n} for t = 0 .. T-1
+        return padded[:, K + n : K + n + num_frames]
+
+    acc = torch.sub(frame(K), frame(-K))
+    if K == 1:
+        return torch.mul(acc, w[2], out=out) if out is not None else acc.mul_(w[2])
+    acc.mul_(w[2 * K])
+    # Each difference is formed before it is scaled: a fused a + w*(x - y) keeps
+    # constant input at exactly 0, where a + w*x - w*y does not under FMA rounding.
+    for n in range(K - 1, 1, -1):
+        acc.add_(torch.sub(frame(n), frame(-n)), alpha=w[K + n])
+    last = torch.sub(frame(1), frame(-1))
+    return torch.add(acc, last, alpha=w[K + 1], out=out) if out is not None else acc.add_(last, alpha=w[K + 1])
 
 
 def context_frames(window: int, rule: str, delta_delta: bool) -> int:

@@ -56,7 +56,7 @@ def frame_offset(win_length: int, n_fft: int, framing: str) -> int:
 
 def pad_for_framing(waveforms: torch.Tensor, lengths: torch.Tensor, win_length: int, hop_length: int,
                     n_fft: int, framing: str, dither: float = 0.0,
-                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+                    generator: torch.Generator | None = None, scale: float = 1.0) -> tuple[torch.Tensor, int]:
     """Copy a batch into a zero-padded buffer from which :func:`frames_of` cuts ``T`` frames.
 
     Frame ``t`` is samples ``[t*hop, t*hop + n_fft)`` of the result, with the window
@@ -76,6 +76,7 @@ def pad_for_framing(waveforms: torch.Tensor, lengths: torch.Tensor, win_length: 
             where Kaldi draws new noise for every frame; both are zero-mean noise of
             the same power, and only ``dither=0`` is deterministic.
         generator: random source of the dither.
+        scale: factor applied to the samples on the way (the ``kaldi`` backend's int16 scale).
 
     Returns:
         ``(padded (B, S'), T)`` with ``T = frames_from_samples(S)``.
@@ -87,9 +88,13 @@ def pad_for_framing(waveforms: torch.Tensor, lengths: torch.Tensor, win_length: 
     padded = waveforms.new_empty(B, left + S + right)
     padded[:, :left] = 0.0
     body = padded[:, left : left + S]
-    body.copy_(waveforms)
+    if scale == 1.0:
+        body.copy_(waveforms)
+    else:
+        torch.mul(waveforms, scale, out=body)
     if dither > 0:
-        body.add_(torch.randn(body.shape, generator=generator, dtype=body.dtype, device=body.device), alpha=dither)
+        noise = torch.randn(body.shape, generator=generator, dtype=body.dtype, device=body.device)
+        body.add_(noise, alpha=dither * scale)
     for b in (lengths < S).nonzero().view(-1).tolist():
         padded[b, left + int(lengths[b]) :] = 0.0
     padded[:, left + S :] = 0.0
