@@ -192,12 +192,12 @@ class LogMelDeltas(nn.Module):
         self.register_buffer("window", window, persistent=False)
         self.register_buffer("mel_matrix", mel, persistent=False)
         self.mel_blocks = fbank.mel_blocks(mel)
-        self.global_mean: torch.Tensor | None = None
-        self.global_std: torch.Tensor | None = None
+        mean = std = None
         if cfg.normalization == "global":
             mean, std = cmvn.load_global_stats(cfg.global_stats_path, cfg.n_mels, cfg.channels)
-            self.register_buffer("global_mean", mean)
-            self.register_buffer("global_std", std)
+        # Persistent: a checkpoint of a model that holds this module carries its statistics.
+        self.register_buffer("global_mean", mean)
+        self.register_buffer("global_std", std)
 
     @property
     def output_size(self) -> tuple[int, int]:

@@ -1,0 +1,113 @@
+"""LogMelDeltas as a module: batched == single, frame counts == shapes.py, the 1-D API,
+degenerate audio and input errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from speechconv import FeatureConfig, shapes
+from speechconv.features import LogMelDeltas
+
+COMBOS = [(backend, framing) for backend in ("torchaudio", "kaldi") for framing in ("kaldi", "center")]
+MODULES = {combo: LogMelDeltas(FeatureConfig(backend=combo[0], framing=combo[1])) for combo in COMBOS}
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    combo=st.sampled_from(COMBOS),
+    lengths=st.lists(st.integers(0, 6000), min_size=1, max_size=8),
+    order2=st.sampled_from(["kaldi", "cascade"]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_batched_equals_single(combo, lengths, order2, seed):
+    module = MODULES[combo] if order2 == "kaldi" else LogMelDeltas(
+        FeatureConfig(backend=combo[0], framing=combo[1], order2=order2))
+    gen = torch.Generator().manual_seed(seed)
+    S = max(lengths)
+    # the padding is loud noise on purpose: it must never reach an utterance's features
+    batch = torch.randn(len(lengths), S, generator=gen) * 0.3
+    features, frame_lengths = module(batch, torch.tensor(lengths))
+    T = features.shape[1]
+    assert features.dtype == torch.float32 and frame_lengths.dtype == torch.int64
+    assert T == int(frame_lengths.max())
+    for b, n in enumerate(lengths):
+        alone, t_alone = module(batch[b, :n])
+        assert int(t_alone) == int(frame_lengths[b]) == alone.shape[0]
+        torch.testing.assert_close(features[b, : int(t_alone)], alone, atol=1e-4, rtol=0)
+        assert not features[b, int(t_alone) :].any()  # padding frames exactly zero
+
+
+@pytest.mark.parametrize("combo", COMBOS, ids=["-".join(c) for c in COMBOS])
+def test_frame_count_formula_equals_produced_frames(combo):
+    module = MODULES[combo]
+    backend, framing = combo
+    wave = torch.randn(2000) * 0.1
+    for n in range(2001):
+        features, t = module(wave[:n])
+        expected = shapes.frames_from_samples(n, 400, 160, framing)
+        assert features.shape == (expected, 80, 3) and int(t) == expected, (n, features.shape, int(t))
+    # and the batched form, one padded batch of every length
+    lengths = torch.arange(2001)
+    _, frame_lengths = module(wave.expand(2001, -1), lengths)
+    assert frame_lengths.tolist() == [shapes.frames_from_samples(n, 400, 160, framing) for n in range(2001)]
+
+
+@pytest.mark.parametrize("combo", COMBOS, ids=["-".join(c) for c in COMBOS])
+def test_silence_and_short_audio(combo):
+    module = MODULES[combo]
+    features, t = module(torch.zeros(16000))
+    assert torch.isfinite(features).all() and int(t) == features.shape[0] > 0
+    # constant input: every delta is exactly zero
+    assert features[..., 1:].abs().max() == 0
+    short = 399 if combo[1] == "kaldi" else 0  # shorter than one window: zero frames (documented policy)
+    features, t = module(torch.randn(short))
+    assert features.shape == (0, 80, 3) and int(t) == 0
+    features, lengths = module(torch.randn(2, 800), torch.tensor([short, 800]))
+    assert lengths[0] == 0 and features[0].abs().max() == 0
+
+
+def test_defaults_and_one_dimensional_api():
+    module = LogMelDeltas()
+    assert module.config == FeatureConfig()
+    wave = torch.randn(16000) * 0.1
+    features, t = module(wave)
+    assert features.shape == (98, 80, 3) and t.shape == () and int(t) == 98
+    batched, lengths = module(wave[None], torch.tensor(16000))
+    torch.testing.assert_close(batched[0], features)
+    assert lengths.tolist() == [98]
+    features64, _ = module(wave.double())
+    assert features64.dtype == torch.float32
+
+
+def test_config_from_mapping():
+    module = LogMelDeltas({"backend": "kaldi", "n_mels": 40, "channels": ["static", "delta"]})
+    features, _ = module(torch.randn(4000))
+    assert features.shape == (23, 40, 2)
+    with pytest.raises(ValueError, match="unknown feature setting"):
+        LogMelDeltas({"n_mel": 40})
+
+
+@pytest.mark.parametrize(
+    "waves,lengths,match",
+    [
+        (torch.zeros(2, 3, 100), None, "waveforms must be"),
+        (torch.zeros(2, 100, dtype=torch.int16), None, "float"),
+        (torch.zeros(2, 100), torch.tensor([100, 101]), "lengths must be"),
+        (torch.zeros(2, 100), torch.tensor([100]), "lengths must be"),
+        (torch.zeros(2, 100), torch.tensor([-1, 5]), "lengths must be"),
+    ],
+)
+def test_bad_inputs_name_the_problem(waves, lengths, match):
+    with pytest.raises(ValueError, match=match):
+        LogMelDeltas()(waves, lengths)
+
+
+def test_channel_selection_and_order():
+    wave = torch.randn(8000) * 0.1
+    full, _ = LogMelDeltas()(wave)
+    picked, _ = LogMelDeltas(FeatureConfig(channels=["delta_delta", "static"]))(wave)
+    torch.testing.assert_close(picked[..., 0], full[..., 2])
+    torch.testing.assert_close(picked[..., 1], full[..., 0])
