@@ -1,0 +1,294 @@
+"""Benchmark: speechconv's feature stage against the usual ways of computing the same features.
+
+Run: ``.venv/bin/python bench/features.py`` (about 3 minutes; ``--quick`` for a smoke
+run, ``--repeats N`` for more rounds).  A benchmark, not a test: it asserts nothing.
+
+Audio: 10 minutes of real speech for each utterance length, made by concatenating the
+bundled clips (data/fixtures, then the spoken digits of data/fsdd, or
+/work/shared/audio/fsdd while data/fsdd does not exist) read with
+``speechconv.load_audio`` at 16 kHz and cut into 3 s, 10 s and 60 s utterances.
+
+Rows (every one makes 80 log-mel bins + delta + delta-delta from the same audio):
+
+* ``speechconv torchaudio``  :class:`speechconv.LogMelDeltas` ``backend="torchaudio"``,
+                              batches of 16 utterances;
+* ``speechconv kaldi``       the same with ``backend="kaldi"``;
+* ``torchaudio per-utt``     ``torchaudio.transforms.MelSpectrogram`` + log +
+                              ``torchaudio.functional.compute_deltas`` twice, stacked,
+                              one utterance at a time;
+* ``librosa per-utt``        ``librosa.feature.melspectrogram`` + log +
+                              ``librosa.feature.delta`` twice;
+* ``ta.compliance.kaldi``    ``torchaudio.compliance.kaldi.fbank`` per utterance (log
+                              fbank only, no deltas: the stricter comparison), and
+                              ``ta.compliance.kaldi+d`` with ``compute_deltas`` twice;
+* ``kaldi-native-fbank``     ``knf.OnlineFbank`` per utterance + numpy deltas.
+
+Numbers are real-time factors (seconds of audio per wall-clock second); each row is
+timed in interleaved rounds (every method once per round, ``--repeats`` rounds) and the
+median is reported, so a burst of load from other processes hits all rows alike.  The
+ratio columns are speechconv's RTF over each row's (torchaudio backend against the
+torch/librosa rows, kaldi backend against the Kaldi rows).  librosa and
+kaldi-native-fbank do not use torch's threads.
+
+Memory: a subprocess extracts features for a manifest of 1 hour of audio (360 files of
+10 s, batches of 16) and reports its peak RSS (``resource.getrusage``).  GPU: measured
+when ``torch.cuda.is_available()``, otherwise the table says so.
+
+glibc note: batched tensors over 32 MB are mapped and unmapped on every op; the
+feature stage works in groups of <= 4096 frames to stay below that, and
+``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736`` removes the effect entirely.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import librosa
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+import torchaudio.compliance.kaldi as ta_kaldi
+import torchaudio.functional as AF
+
+from speechconv import FeatureConfig
+from speechconv.audio import load_audio
+from speechconv.features import LogMelDeltas
+
+ROOT = Path(__file__).resolve().parents[1]
+RATE = 16000
+BATCH = 16
+UTTERANCE_SECONDS = (3, 10, 60)
+
+
+def audio_pool(total_seconds: float) -> torch.Tensor:
+    """``(S,)`` at 16 kHz: bundled clips concatenated until ``total_seconds`` is reached."""
+    fsdd = ROOT / "data" / "fsdd"
+    if not fsdd.is_dir():
+        fsdd = Path("/work/shared/audio/fsdd")
+    paths = sorted((ROOT / "data" / "fixtures").glob("*.*")) + sorted(fsdd.glob("*.*"))
+    paths = [p for p in paths if p.suffix in {".wav", ".flac", ".ogg", ".aiff"}]
+    pieces, have = [], 0
+    while have < total_seconds * RATE:
+        for path in paths:
+            wave = load_audio(path, RATE)
+            pieces.append(wave)
+            have += wave.numel()
+            if have >= total_seconds * RATE:
+                break
+    return torch.cat(pieces)
+
+
+def utterances(pool: torch.Tensor, seconds: int, total_seconds: float) -> list[torch.Tensor]:
+    n = int(total_seconds // seconds)
+    size = seconds * RATE
+    return [pool[i * size : (i + 1) * size].clone() for i in range(n)]
+
+
+# ------------------------------------------------------------------------- methods
+
+
+def speechconv_runner(backend: str, device: str = "cpu") -> Callable[[list[torch.Tensor]], None]:
+    module = LogMelDeltas(FeatureConfig(backend=backend)).to(device).eval()
+
+    def run(utts: list[torch.Tensor]) -> None:
+        with torch.inference_mode():
+            for i in range(0, len(utts), BATCH):
+                chunk = utts[i : i + BATCH]
+                batch = torch.nn.utils.rnn.pad_sequence(chunk, batch_first=True).to(device)
+                lengths = torch.tensor([u.numel() for u in chunk], device=device)
+                module(batch, lengths)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return run
+
+
+def torchaudio_runner() -> Callable[[list[torch.Tensor]], None]:
+    mel = torchaudio.transforms.MelSpectrogram(
+        sample_rate=RATE, n_fft=512, win_length=400, hop_length=160, f_min=20.0, n_mels=80, power=2.0
+    )
+
+    def run(utts: list[torch.Tensor]) -> None:
+        with torch.inference_mode():
+            for u in utts:
+                logmel = mel(u).clamp_min(1.1920928955078125e-07).log()  # (F, T)
+                d1 = AF.compute_deltas(logmel)
+                d2 = AF.compute_deltas(d1)
+                torch.stack([logmel, d1, d2], dim=-1).transpose(0, 1)  # (F, T, C) -> (T, F, C)
+
+    return run
+
+
+def librosa_run(utts: list[torch.Tensor]) -> None:
+    for u in utts:
+        mel = librosa.feature.melspectrogram(
+            y=u.numpy(), sr=RATE, n_fft=512, hop_length=160, win_length=400, n_mels=80, fmin=20.0, htk=True, norm=None
+        )
+        logmel = np.log(np.maximum(mel, 1.1920928955078125e-07))
+        d1 = librosa.feature.delta(logmel, width=5, mode="nearest")
+        d2 = librosa.feature.delta(d1, width=5, mode="nearest")
+        np.stack([logmel, d1, d2], axis=-1).transpose(1, 0, 2)  # (F, T, C) -> (T, F, C)
+
+
+def compliance_runner(with_deltas: bool) -> Callable[[list[torch.Tensor]], None]:
+    def run(utts: list[torch.Tensor]) -> None:
+        with torch.inference_mode():
+            for u in utts:
+                fb = ta_kaldi.fbank(u[None] * 32768, num_mel_bins=80, dither=0.0, low_freq=20.0)  # (T, F)
+                if with_deltas:
+                    d1 = AF.compute_deltas(fb.T)
+                    d2 = AF.compute_deltas(d1)
+                    torch.stack([fb.T, d1, d2], dim=-1).transpose(0, 1)  # (F, T, C) -> (T, F, C)
+
+    return run
+
+
+def numpy_deltas(x: np.ndarray) -> np.ndarray:
+    """``(T, F)`` -> ``(T, F)`` first-order deltas, N=2, edges replicated."""
+    p = np.pad(x, ((2, 2), (0, 0)), mode="edge")
+    return (2 * (p[4:] - p[:-4]) + (p[3:-1] - p[1:-3])) / 10
+
+
+def knf_run(utts: list[torch.Tensor]) -> None:
+    import kaldi_native_fbank as knf
+
+    opts = knf.FbankOptions()
+    opts.frame_opts.dither = 0.0
+    opts.mel_opts.num_bins = 80
+    opts.mel_opts.low_freq = 20.0
+    for u in utts:
+        fbank = knf.OnlineFbank(opts)
+        fbank.accept_waveform(RATE, (u * 32768).numpy())
+        fbank.input_finished()
+        feats = np.stack([fbank.get_frame(i) for i in range(fbank.num_frames_ready)])
+        d1 = numpy_deltas(feats)
+        np.stack([feats, d1, numpy_deltas(d1)], axis=-1)
+
+
+# ------------------------------------------------------------------------- timing
+
+
+def time_interleaved(methods: dict[str, Callable], utts: list[torch.Tensor], repeats: int) -> dict[str, float]:
+    """Median wall seconds of each method over ``repeats`` rounds (one warm-up round first)."""
+    for run in methods.values():
+        run(utts[:2])
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(repeats):
+        for name, run in methods.items():
+            start = time.perf_counter()
+            run(utts)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def peak_rss_for_one_hour(pool: torch.Tensor, folder: Path) -> str:
+    """Peak RSS of a subprocess extracting features of a 1-hour manifest (360 x 10 s files)."""
+    size = 10 * RATE
+    entries = []
+    for i in range(360):
+        start = (i * size) % max(pool.numel() - size, 1)
+        path = folder / f"utt{i:03d}.flac"
+        sf.write(path, pool[start : start + size].numpy(), RATE)
+        entries.append({"audio_filepath": str(path), "text": "x", "duration": 10.0})
+    manifest = folder / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    script = textwrap.dedent(f"""
+        import json, resource, torch
+        from speechconv import FeatureConfig
+        from speechconv.audio import load_audio
+        from speechconv.features import LogMelDeltas
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        module = LogMelDeltas(FeatureConfig()).eval()
+        rows = [json.loads(line) for line in open({str(manifest)!r})]
+        frames = 0
+        with torch.inference_mode():
+            for i in range(0, len(rows), {BATCH}):
+                waves = [load_audio(r["audio_filepath"], 16000) for r in rows[i : i + {BATCH}]]
+                batch = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True)
+                feats, lengths = module(batch, torch.tensor([w.numel() for w in waves]))
+                frames += int(lengths.sum())
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(f"{{frames}} {{base}} {{peak}}")
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    frames, base, peak = map(int, out.stdout.split())
+    return (f"1 hour manifest (360 x 10 s FLAC, batches of {BATCH}): {frames} frames, peak RSS "
+            f"{peak / 1024:.0f} MB ({base / 1024:.0f} MB after imports) -> "
+            f"{'under' if peak < 1024 * 1024 else 'OVER'} 1 GB")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="60 s of audio per length, 1 round, no RSS run")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds (median reported)")
+    args = parser.parse_args()
+    total = 60.0 if args.quick else 600.0
+    repeats = 1 if args.quick else args.repeats
+
+    print(f"torch {torch.__version__}, torchaudio {torchaudio.__version__}, librosa {librosa.__version__}; "
+          f"{os.cpu_count()} CPUs; MALLOC_MMAP_MAX_={os.environ.get('MALLOC_MMAP_MAX_', 'unset')}")
+    t0 = time.perf_counter()
+    pool = audio_pool(total + 60)
+    print(f"audio: {pool.numel() / RATE:.0f} s of bundled speech loaded in {time.perf_counter() - t0:.1f} s; "
+          f"{total / 60:g} min per utterance length; real-time factor = audio s / wall s (median of {repeats})\n")
+
+    methods = {
+        "speechconv torchaudio": speechconv_runner("torchaudio"),
+        "speechconv kaldi": speechconv_runner("kaldi"),
+        "torchaudio per-utt": torchaudio_runner(),
+        "librosa per-utt": librosa_run,
+        "ta.compliance.kaldi": compliance_runner(False),
+        "ta.compliance.kaldi+d": compliance_runner(True),
+        "kaldi-native-fbank": knf_run,
+    }
+    ours_for = {"torchaudio per-utt": "speechconv torchaudio", "librosa per-utt": "speechconv torchaudio",
+                "ta.compliance.kaldi": "speechconv kaldi", "ta.compliance.kaldi+d": "speechconv kaldi",
+                "kaldi-native-fbank": "speechconv kaldi"}
+    columns = [(threads, seconds) for threads in (1, 2) for seconds in UTTERANCE_SECONDS]
+    rtf: dict[tuple[int, int], dict[str, float]] = {}
+    for threads, seconds in columns:
+        torch.set_num_threads(threads)
+        utts = utterances(pool, seconds, total)
+        audio = sum(u.numel() for u in utts) / RATE
+        rtf[threads, seconds] = {k: audio / v for k, v in time_interleaved(methods, utts, repeats).items()}
+
+    header = f"{'method':34s}" + "".join(f"  {f'{t}T {s}s':>8s}" for t, s in columns)
+    print("real-time factor (x real time)")
+    print(header)
+    for name in methods:
+        print(f"{name:34s}" + "".join(f"  {rtf[c][name]:8.0f}" for c in columns))
+    print("\nspeechconv's speed-up (its RTF / the row's RTF)")
+    print(header)
+    for name, ours in ours_for.items():
+        print(f"{ours[11:] + ' / ' + name:34s}" + "".join(f"  {rtf[c][ours] / rtf[c][name]:8.2f}" for c in columns))
+
+    print()
+    if torch.cuda.is_available():
+        utts = utterances(pool, 10, total)
+        audio = sum(u.numel() for u in utts) / RATE
+        gpu = {b: speechconv_runner(b, "cuda") for b in ("torchaudio", "kaldi")}
+        times = time_interleaved(gpu, utts, repeats)
+        print("GPU (" + torch.cuda.get_device_name() + ", 10 s utterances, batches of 16, host->device copy "
+              "included): " + ", ".join(f"{b} {audio / t:.0f}x" for b, t in times.items()))
+    else:
+        print("GPU figures not available: torch.cuda.is_available() is False on this machine")
+    if not args.quick:
+        torch.set_num_threads(2)
+        with tempfile.TemporaryDirectory() as folder:
+            print(peak_rss_for_one_hour(pool, Path(folder)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
