@@ -4,7 +4,7 @@ One fused pass over a padded batch, no per-utterance loop:
 
     waveforms (B, S) -> frames (B, T, n_fft) as a strided view (no copy)
     -> x window placed in the frame (windows and zero-pads at once) -> rfft
-    -> re*re + im*im -> @ mel matrix (torchaudio's ``melscale_fbanks``)
+    -> |X|^2 -> @ mel matrix (torchaudio's ``melscale_fbanks``)
     -> log(max(x, log_floor))
 
 Each frame is ``n_fft`` samples of which the window keeps ``win``: the FFT then runs
@@ -40,9 +40,9 @@ import torchaudio.functional as AF
 from speechconv import shapes
 from speechconv.feature_config import FeatureConfig
 
-CHUNK_FRAMES = 512
-"""Frames per chunk: a 512 x 512 float32 frame block is 1 MB and its spectrum as much,
-so a chunk's temporaries stay in cache (256 to 1024 measured within noise of each other)."""
+CHUNK_FRAMES = 1024
+"""Frames per chunk: a 1024 x 512 float32 frame block is 2 MB and its spectrum as much,
+so a chunk's temporaries stay in cache (measured: 1024 a few % faster than 512, 2048 slower)."""
 
 DITHER_SCALE = 1.0 / 32768.0
 """``FeatureConfig.dither`` is in int16 units (Kaldi's); [-1, 1] waveforms take it scaled."""
@@ -120,31 +120,31 @@ def padded_window(window: torch.Tensor, n_fft: int, offset: int) -> torch.Tensor
     return F.pad(window, (offset, n_fft - offset - window.numel()))
 
 
-def map_frame_chunks(frames: tuple[torch.Tensor, ...], fn: Callable[..., torch.Tensor], n_out: int,
+def map_frame_chunks(frames: tuple[torch.Tensor, ...], fn: Callable[..., None], n_out: int,
                      out: torch.Tensor | None = None, chunk_frames: int = CHUNK_FRAMES) -> torch.Tensor:
-    """Apply ``fn`` to matching chunks of frame-aligned tensors and gather the results.
+    """Apply ``fn`` to matching chunks of frame-aligned tensors, writing into ``out``.
 
     Args:
         frames: tensors ``(B, T, ...)`` sliced alike (frames, per-frame statistics).
-        fn: ``(b, t, ...) x len(frames) -> (b, t, n_out)``, independent per frame.
-        n_out: last dimension of ``fn``'s output.
+        fn: ``fn(out_chunk (b, t, n_out), *chunks (b, t, ...))`` fills ``out_chunk``;
+            independent per frame.
+        n_out: last dimension of the output.
         out: optional ``(B, T, n_out)`` destination (may be a strided view).
-        chunk_frames: at most this many frames ``b * t`` per call.
+        chunk_frames: at most this many frames ``b * t`` per call (whole utterances
+            when they fit, else runs of frames of one utterance).
 
     Returns:
-        ``(B, T, n_out)`` float32.
+        ``out`` (allocated when not given).
     """
     B, T = frames[0].shape[:2]
-    if B * T == 0:  # the FFT libraries reject empty input
-        return frames[0].new_zeros(B, T, n_out) if out is None else out
-    if B * T <= chunk_frames:
-        return fn(*frames) if out is None else out.copy_(fn(*frames))
     out = frames[0].new_empty(B, T, n_out) if out is None else out
+    if B * T == 0:  # the FFT libraries reject empty input
+        return out
     rows = max(1, chunk_frames // T)
     t_step = T if rows > 1 else chunk_frames
     for b0 in range(0, B, rows):
         for t0 in range(0, T, t_step):
-            out[b0 : b0 + rows, t0 : t0 + t_step] = fn(*(f[b0 : b0 + rows, t0 : t0 + t_step] for f in frames))
+            fn(out[b0 : b0 + rows, t0 : t0 + t_step], *(f[b0 : b0 + rows, t0 : t0 + t_step] for f in frames))
     return out
 
 
@@ -214,28 +214,48 @@ def mel_blocks(mel: torch.Tensor, max_blocks: int = 4) -> MelBlocks:
     return tuple(reversed(blocks))
 
 
-def apply_mel(energy: torch.Tensor, mel: torch.Tensor, blocks: MelBlocks | None = None) -> torch.Tensor:
-    """Mel energies ``(b, t, K) @ (K, F) -> (b, t, F)``, by blocks when given (:func:`mel_blocks`)."""
+def apply_mel(energy: torch.Tensor, mel: torch.Tensor, blocks: MelBlocks | None = None,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+    """Mel energies ``(b, t, K) @ (K, F) -> (b, t, F)``, by blocks when given (:func:`mel_blocks`).
+
+    With ``out`` the products are written into it when its ``(b, t)`` dims flatten to
+    one (one utterance, or whole contiguous rows), else computed aside and copied.
+    """
+    target = out
+    if out is not None:
+        try:
+            target = out.view(-1, out.shape[-1])  # (b, t, F) -> (b*t, F)
+        except RuntimeError:
+            target = None  # rows of a padded batch are not adjacent: compute aside, copy below
+    flat = energy.reshape(-1, energy.shape[-1])  # (b, t, K) -> (b*t, K), a view of the contiguous energy
+    if target is None:
+        target = flat.new_empty(flat.shape[0], mel.shape[1])
     if blocks is None:
-        return torch.matmul(energy, mel)
-    out = energy.new_empty(*energy.shape[:-1], mel.shape[1])
-    for lo, hi, a, b in blocks:
-        torch.matmul(energy[..., lo:hi], mel[lo:hi, a:b], out=out[..., a:b])
+        torch.mm(flat, mel, out=target)
+    else:
+        for lo, hi, a, b in blocks:
+            torch.mm(flat[:, lo:hi], mel[lo:hi, a:b], out=target[:, a:b])
+    result = target.view(*energy.shape[:-1], mel.shape[1])  # (b*t, F) -> (b, t, F)
+    if out is None:
+        return result
+    if result.data_ptr() != out.data_ptr():
+        out.copy_(result)
     return out
 
 
 def spectrum_to_log_mel(spec: torch.Tensor, mel: torch.Tensor, power: float, log_floor: float,
-                        blocks: MelBlocks | None = None) -> torch.Tensor:
-    """Complex spectrum ``(b, t, n_fft//2+1)`` -> log mel energies ``(b, t, F)``.
+                        blocks: MelBlocks | None, out: torch.Tensor) -> torch.Tensor:
+    """Complex spectrum ``(b, t, n_fft//2+1)`` -> log mel energies written into ``out`` ``(b, t, F)``.
 
-    ``re*re + im*im`` instead of ``abs()**2``: no square root, and an order of magnitude
-    faster than ``view_as_real().square().sum(-1)``.
+    The power is squared on the contiguous ``view_as_real`` and the two halves added:
+    measured 1.35x faster than ``re*re + im*im`` on the strided real and imaginary
+    views, and no square root as ``abs()**2`` would take.
     """
-    re, im = spec.real, spec.imag
-    energy = torch.addcmul(re * re, im, im)
+    squares = torch.view_as_real(spec).square()  # (b, t, K) complex -> (b, t, K, 2)
+    energy = torch.add(squares[..., 0], squares[..., 1])  # (b, t, K)
     if power == 1.0:
         energy = energy.sqrt_()
-    return apply_mel(energy, mel, blocks).clamp_min_(log_floor).log_()
+    return apply_mel(energy, mel, blocks, out).clamp_min_(log_floor).log_()
 
 
 def log_mel(waveforms: torch.Tensor, lengths: torch.Tensor, config: FeatureConfig, window: torch.Tensor,
@@ -263,8 +283,8 @@ def log_mel(waveforms: torch.Tensor, lengths: torch.Tensor, config: FeatureConfi
     power, floor = config.power, config.log_floor
     placed = padded_window(window, n_fft, frame_offset(config.win_length, n_fft, config.framing))
 
-    def chunk(frames: torch.Tensor) -> torch.Tensor:
+    def chunk(dest: torch.Tensor, frames: torch.Tensor) -> None:
         spec = torch.fft.rfft(frames * placed)  # (b, t, n_fft) -> (b, t, n_fft//2 + 1)
-        return spectrum_to_log_mel(spec, mel, power, floor, blocks)
+        spectrum_to_log_mel(spec, mel, power, floor, blocks, dest)
 
     return map_frame_chunks((frames_of(padded, T, hop, n_fft),), chunk, mel.shape[1], out)

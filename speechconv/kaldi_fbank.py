@@ -120,7 +120,7 @@ def kaldi_log_fbank(waveforms: torch.Tensor, lengths: torch.Tensor, config: Feat
     offset = frame_offset(win, n_fft, config.framing)
     end = offset + win
 
-    def chunk(frames: torch.Tensor) -> torch.Tensor:
+    def chunk(dest: torch.Tensor, frames: torch.Tensor) -> None:
         x = frames[..., offset:end]  # (b, t, n_fft) -> (b, t, win), a view
         if remove_dc:
             x = x - x.mean(-1, keepdim=True)
@@ -136,6 +136,6 @@ def kaldi_log_fbank(waveforms: torch.Tensor, lengths: torch.Tensor, config: Feat
             body.copy_(x)
         body.mul_(window)
         spec = torch.fft.rfft(y)  # (b, t, n_fft) -> (b, t, n_fft//2 + 1)
-        return spectrum_to_log_mel(spec, mel, power, floor, blocks)
+        spectrum_to_log_mel(spec, mel, power, floor, blocks, dest)
 
     return map_frame_chunks((frames_of(padded, T, hop, n_fft),), chunk, mel.shape[1], out)
