@@ -11,7 +11,8 @@ bundled clips (data/fixtures, then the spoken digits of data/fsdd, or
 Rows (every one makes 80 log-mel bins + delta + delta-delta from the same audio):
 
 * ``speechconv torchaudio``  :class:`speechconv.LogMelDeltas` ``backend="torchaudio"``,
-                              batches of 16 utterances;
+                              padded batches of up to 160 s of audio (53 x 3 s, 16 x
+                              10 s, 2 x 60 s);
 * ``speechconv kaldi``       the same with ``backend="kaldi"``;
 * ``torchaudio per-utt``     ``torchaudio.transforms.MelSpectrogram`` + log +
                               ``torchaudio.functional.compute_deltas`` twice, stacked,
@@ -31,7 +32,9 @@ torch/librosa rows, kaldi backend against the Kaldi rows).  librosa and
 kaldi-native-fbank do not use torch's threads.
 
 Memory: a subprocess extracts features for a manifest of 1 hour of audio (360 files of
-10 s, batches of 16) and reports its peak RSS (``resource.getrusage``).  GPU: measured
+10 s, batches of 16) and reports its peak RSS (``VmHWM`` of /proc/self/status: unlike
+``getrusage``'s ``ru_maxrss``, which Linux carries across fork and exec, it starts
+afresh in the subprocess, so the parent's 1 GB of benchmark audio does not count).  GPU: measured
 when ``torch.cuda.is_available()``, otherwise the table says so.
 
 glibc note: batched tensors over 32 MB are mapped and unmapped on every op; the
@@ -67,7 +70,10 @@ from speechconv.features import LogMelDeltas
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 16000
-BATCH = 16
+BATCH_SECONDS = 160
+"""speechconv's batches hold up to this much audio: 53 utterances of 3 s, 16 of 10 s, 2 of
+60 s (training batches are bounded by frames, not by utterance count)."""
+RSS_BATCH = 16
 UTTERANCE_SECONDS = (3, 10, 60)
 
 
@@ -102,9 +108,10 @@ def speechconv_runner(backend: str, device: str = "cpu") -> Callable[[list[torch
     module = LogMelDeltas(FeatureConfig(backend=backend)).to(device).eval()
 
     def run(utts: list[torch.Tensor]) -> None:
+        size = max(1, BATCH_SECONDS * RATE // max(u.numel() for u in utts))
         with torch.inference_mode():
-            for i in range(0, len(utts), BATCH):
-                chunk = utts[i : i + BATCH]
+            for i in range(0, len(utts), size):
+                chunk = utts[i : i + size]
                 batch = torch.nn.utils.rnn.pad_sequence(chunk, batch_first=True).to(device)
                 lengths = torch.tensor([u.numel() for u in chunk], device=device)
                 module(batch, lengths)
@@ -204,26 +211,28 @@ def peak_rss_for_one_hour(pool: torch.Tensor, folder: Path) -> str:
     manifest = folder / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(e) + "\n" for e in entries))
     script = textwrap.dedent(f"""
-        import json, resource, torch
+        import json, torch
         from speechconv import FeatureConfig
         from speechconv.audio import load_audio
         from speechconv.features import LogMelDeltas
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        def status(key):
+            return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key))
+        base = status("VmRSS:")
         module = LogMelDeltas(FeatureConfig()).eval()
         rows = [json.loads(line) for line in open({str(manifest)!r})]
         frames = 0
         with torch.inference_mode():
-            for i in range(0, len(rows), {BATCH}):
-                waves = [load_audio(r["audio_filepath"], 16000) for r in rows[i : i + {BATCH}]]
+            for i in range(0, len(rows), {RSS_BATCH}):
+                waves = [load_audio(r["audio_filepath"], 16000) for r in rows[i : i + {RSS_BATCH}]]
                 batch = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True)
                 feats, lengths = module(batch, torch.tensor([w.numel() for w in waves]))
                 frames += int(lengths.sum())
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = status("VmHWM:")
         print(f"{{frames}} {{base}} {{peak}}")
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     frames, base, peak = map(int, out.stdout.split())
-    return (f"1 hour manifest (360 x 10 s FLAC, batches of {BATCH}): {frames} frames, peak RSS "
+    return (f"1 hour manifest (360 x 10 s FLAC, batches of {RSS_BATCH}): {frames} frames, peak RSS "
             f"{peak / 1024:.0f} MB ({base / 1024:.0f} MB after imports) -> "
             f"{'under' if peak < 1024 * 1024 else 'OVER'} 1 GB")
 
