@@ -239,3 +239,48 @@ def look_ahead(layers: Sequence[AxisGeometry]) -> int:
 def make_pad_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     """``(B,)`` lengths -> ``(B, T)`` bool, True on valid frames ``t < lengths[b]``."""
     return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
+
+
+# ------------------------------------------------ TorchScript forms (added for the encoder)
+# ConvEncoder.forward is compiled by torch.jit.script, which cannot compile the
+# functions above (Union-typed padding, f-string errors).  These restate them for a
+# padding that is already validated, given as ``same`` (bool) and ``pad`` (zeros per
+# side; 0 for valid).  tests/test_masking.py checks they agree with the originals.
+
+
+def conv_out_length_script(lengths: torch.Tensor, kernel: int, stride: int, same: bool, pad: int) -> torch.Tensor:
+    """:func:`conv_out_length_tensor` for TorchScript: ``(B,)`` int -> ``(B,)`` int64."""
+    n = lengths.to(torch.int64)
+    if same:
+        return torch.div(n + stride - 1, stride, rounding_mode="floor")
+    padded = n + 2 * pad
+    keep = (padded >= kernel) & (n > 0)
+    return torch.where(keep, torch.div(padded - kernel, stride, rounding_mode="floor") + 1, torch.zeros_like(n))
+
+
+def conv_out_length_int(length: int, kernel: int, stride: int, same: bool, pad: int) -> int:
+    """:func:`conv_out_length` for TorchScript (padding as in :func:`conv_out_length_script`)."""
+    if length <= 0:
+        return 0
+    if same:
+        return (length + stride - 1) // stride
+    padded = length + 2 * pad
+    return 0 if padded < kernel else (padded - kernel) // stride + 1
+
+
+def same_pad_before_tensor(lengths: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
+    """Per-utterance TF SAME padding before: ``(B,)`` lengths -> ``(B,)`` int64.
+
+    The first element of :func:`same_padding` for each length: ``P // 2`` with
+    ``P = max((ceil(L / s) - 1) * s + k - L, 0)``.  Empty input gets 0.
+    """
+    n = lengths.to(torch.int64)
+    out = torch.div(n + stride - 1, stride, rounding_mode="floor")
+    total = torch.clamp((out - 1) * stride + kernel - n, min=0)
+    return torch.where(n > 0, torch.div(total, 2, rounding_mode="floor"), torch.zeros_like(n))
+
+
+def conv_input_span(out_length: int, kernel: int, stride: int) -> int:
+    """Input elements (padding included) read by ``out_length`` conv outputs:
+    ``(out - 1) * s + k``, and 0 for no output."""
+    return 0 if out_length <= 0 else (out_length - 1) * stride + kernel
