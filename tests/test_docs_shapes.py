@@ -47,6 +47,6 @@ def test_the_walkthrough_states_the_known_numbers():
     # 1 s at 16 kHz with 400-sample windows every 160 samples: 1 + (16000 - 400) // 160 frames.
     frames = 1 + (16000 - 400) // 160
     assert f"features (T, F, C)      ({frames}, 80, 3)" in blocks["pipeline"]
-    assert f"({-(-frames // 4)}, 20, 32)" in blocks["pipeline"]
+    assert f"(1, {-(-frames // 4)}, 20, 32) lengths [{-(-frames // 4)}]" in blocks["pipeline"]
     assert "all equal" in blocks["check-yes"]
     assert f"{(5 * 5 * 6 + 1) * 50:,}" in text and f"{3 * 32}" in text

@@ -28,7 +28,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
-from speechconv.data._io import load_audio
+from speechconv.audio import load_audio
 from speechconv.data.augment import SpecAugment
 from speechconv.data.collate import Item
 from speechconv.data.digits import (

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from speechconv.data._io import load_audio
+from speechconv.audio import load_audio
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SPLITS = ("train", "valid")
