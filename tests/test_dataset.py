@@ -141,7 +141,6 @@ FEATURES = FeatureConfig()
 @pytest.fixture(scope="module")
 def bank():
     """The clips, once the feature module the datasets use exists (it is written in parallel)."""
-    pytest.importorskip("speechconv.features")
     return load_fsdd(sample_rate=FEATURES.sample_rate)
 
 
@@ -210,7 +209,6 @@ def test_same_batches_with_0_and_2_workers(bank):
 
 
 def test_manifest_dataset(tmp_path):
-    pytest.importorskip("speechconv.features")
     shutil.copy(FIXTURES / "english_8k.wav", tmp_path / "a.wav")
     shutil.copy(FIXTURES / "yes_1000ms.wav", tmp_path / "b.wav")
     rows = [{"audio_filepath": "a.wav", "text": "Some English, spoken."}, {"audio_filepath": "b.wav", "text": "Yes!"}]

@@ -17,7 +17,6 @@ _spec = importlib.util.spec_from_file_location("make_docs", ROOT / "docs" / "mak
 make_docs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(make_docs)
 
-NEEDS_AUDIO_MODULES = {"pipeline", "check-yes"}
 """Snippets that read audio and compute features (speechconv.audio, speechconv.features)."""
 
 PAGE_BLOCKS = [
@@ -34,14 +33,10 @@ def test_every_snippet_appears_once_and_every_block_has_a_snippet():
 
 @pytest.mark.parametrize(("page", "name", "body"), PAGE_BLOCKS, ids=[f"{p}:{n}" for p, n, _ in PAGE_BLOCKS])
 def test_block_equals_what_the_code_prints_now(page, name, body):
-    if name in NEEDS_AUDIO_MODULES:
-        pytest.importorskip("speechconv.features", reason="LogMelDeltas has not landed yet")
-        pytest.importorskip("speechconv.audio", reason="load_audio has not landed yet")
     assert body == make_docs.run_snippet(name), f"{page} block {name!r} is stale: run python docs/make_docs.py"
 
 
 def test_the_walkthrough_states_the_known_numbers():
-    pytest.importorskip("speechconv.features", reason="LogMelDeltas has not landed yet")
     text = (ROOT / "docs" / "shapes.md").read_text(encoding="utf-8")
     blocks = {n: b for p, n, b in PAGE_BLOCKS if p == "shapes.md"}
     # 1 s at 16 kHz with 400-sample windows every 160 samples: 1 + (16000 - 400) // 160 frames.

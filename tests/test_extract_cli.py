@@ -8,17 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import kaldi_native_fbank as knf
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 from conftest import FIXTURES, ROOT
 
+import speechconv.features as features_module
 from speechconv.audio import load_audio
 from speechconv.extract_cli import main, output_stems
 from speechconv.feature_config import FeatureConfig
-
-features_module = pytest.importorskip("speechconv.features", reason="speechconv.features has not landed yet")
 
 JFK = FIXTURES / "jfk.flac"  # 44.1 kHz stereo 24-bit FLAC
 OGG = FIXTURES / "198-209-0000.ogg"  # 22.05 kHz Ogg Vorbis
@@ -67,7 +67,6 @@ def test_good_and_bad_files(tmp_path: Path, corrupt: Path, capsys: pytest.Captur
 
 
 def test_kaldi_backend_matches_kaldi_native_fbank(tmp_path: Path) -> None:
-    knf = pytest.importorskip("kaldi_native_fbank")
     assert main([str(JFK), "--out", str(tmp_path), "--backend", "kaldi", "--no-plot"]) == 0
     saved = _load(tmp_path / "jfk.pt")
     assert saved["config"]["backend"] == "kaldi"

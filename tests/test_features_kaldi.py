@@ -11,6 +11,7 @@ log on english_8k.wav), which says nothing about either implementation.
 
 from __future__ import annotations
 
+import kaldi_native_fbank as knf
 import numpy as np
 import pytest
 import soundfile as sf
@@ -21,8 +22,6 @@ import torchaudio.functional as AF
 from speechconv import FeatureConfig, kaldi_fbank
 from speechconv.features import LogMelDeltas
 from tests.conftest import SPEECH_CLIPS
-
-knf = pytest.importorskip("kaldi_native_fbank")
 
 MAX_ABS, P999 = 1e-2, 1e-3
 

@@ -278,8 +278,6 @@ def test_check_against_forward_lists_every_mismatch():
 
 
 def test_check_against_forward_on_real_audio(fixtures_dir, capsys):
-    pytest.importorskip("speechconv.features", reason="LogMelDeltas has not landed yet")
-    pytest.importorskip("speechconv.audio", reason="load_audio has not landed yet")
     clip = fixtures_dir / "yes_1000ms.wav"
     report = check_against_forward(describe(seconds=1.0), audio=clip)
     assert report.ok and report.description.input_shape == (1 + (16000 - 400) // 160, 80, 3)

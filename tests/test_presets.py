@@ -10,9 +10,6 @@ from pathlib import Path
 import pytest
 
 from speechconv.config import CONFIG_DIR, compose, validate
-
-pytest.importorskip("speechconv.features", reason="LogMelDeltas has not landed yet")
-
 from speechconv.training.loop import train  # noqa: E402
 
 FSDD = Path(__file__).resolve().parents[1] / "data" / "fsdd"

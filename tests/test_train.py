@@ -15,11 +15,10 @@ import torch
 from speechconv.config import compose, validate
 from speechconv.metrics import cer, wer
 from speechconv.models import CTCModel, ctc_collapse
-from speechconv.training import run
-
-pytest.importorskip("speechconv.features", reason="LogMelDeltas has not landed yet")
-
-from speechconv.training import loop  # noqa: E402
+from speechconv.training import (
+    loop,
+    run,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FSDD = ROOT / "data" / "fsdd"
