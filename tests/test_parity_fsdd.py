@@ -15,8 +15,8 @@ the frame's peak, where kaldi-native-fbank itself is off from float64 by up to 1
 and the kaldi backend by up to 1.1e-2; on 8_nicolas_31 (a frame peaking at 4.6 nats)
 kaldi-native-fbank is off by 4.2e-3 at the 99.9th percentile and the kaldi backend by
 5.6e-4.  So against kaldi-native-fbank the bounds apply, as for that near-silent clip,
-to the cells whose energy is at least 1e-4 of their frame's strongest bin (about 85% of
-all cells here; every clip must keep at least half); the rest are reported.  librosa
+to the cells whose energy is at least 1e-4 of their frame's strongest bin (67% to 83% of
+all cells on every tenth clip; every clip must keep at least half); the rest are reported.  librosa
 rounds like torch: its bounds hold on every cell.
 """
 
