@@ -10,8 +10,9 @@ batch, up to float rounding) comes from :mod:`speechconv.masking`:
 * before every conv, each utterance's valid frames are copied into a zero buffer at
   its own SAME offset (padding before depends on ``L mod stride``), so no conv reads a
   padding frame and the conv itself runs with no time padding;
-* batch norm in training takes its statistics over valid frames only (the valid
-  frames are gathered into ``(N, F', C')`` and normalised by the native kernel);
+* batch norm in training takes its statistics over valid frames only (per-utterance
+  reductions over each utterance's valid rows, no gather; a hand-written backward,
+  with the ReLU fused in: :meth:`speechconv.masking.MaskedBatchNorm2d.forward_lengths`);
 * every layer's output is zero past each utterance's output length (what forward
   hooks, e.g. the shape inspector's, see), and so is the encoder's.
 
@@ -87,9 +88,9 @@ class MaskedConv2dLayer(nn.Module):
         past the output lengths are exactly zero; frames of ``x`` past ``lengths`` are
         never read, whatever they hold.
 
-    In training, batch norm runs on the valid frames only, gathered into ``(N, F', C')``
-    (``N = sum(out_lengths)``) for the native kernel, and activation and dropout run on
-    them too; in eval the norm is folded into the conv and padding is zeroed after the
+    In training, batch norm takes its statistics over the valid frames only and writes
+    zeros on padding (a ReLU is fused into it; other activations and dropout keep zeros
+    zero); in eval the norm is folded into the conv and padding is zeroed after the
     activation.
     """
 
@@ -121,6 +122,7 @@ class MaskedConv2dLayer(nn.Module):
         )
         self.norm = masking.MaskedBatchNorm2d(lc.filters) if lc.batch_norm else None
         self.act = _activation(lc.activation)
+        self.fuse_relu = lc.activation == "relu"
         self.dropout = nn.Dropout(lc.dropout) if lc.dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,20 +139,15 @@ class MaskedConv2dLayer(nn.Module):
         x = masking.pad_per_utterance(x, lengths, pad_before, span, self.freq_before, self.freq_after)
         norm = self.norm
         if norm is not None and (self.training or not norm.track_running_stats):
-            # Batch statistics over valid frames: normalise the packed valid frames
-            # with the native kernel, then put them back with zeros on padding.
             y = self.conv(x)
-            b_size, c_out, _, f_out = y.shape
-            if int(out_lengths.sum()) == b_size * out_time:
-                # No padding: every frame is valid, so view instead of gather and scatter
-                # (the native kernel is also faster on (N*F', C') than on 4-D channels_last).
-                frames = y.permute(0, 2, 3, 1).reshape(b_size * out_time, f_out, c_out)  # (B, C', T', F') -> (N, F', C')
-                frames = self.dropout(self.act(norm.forward_frames(frames)))
-                return masking.conv_layout(frames.view(b_size, out_time, f_out, c_out)), out_lengths  # -> (B, C', T', F')
-            index = masking.valid_frame_index(out_lengths, out_time)
-            frames = norm.forward_frames(masking.gather_frames(y, index))  # (N, F', C')
-            frames = self.dropout(self.act(frames))
-            return masking.scatter_frames(frames, index, b_size, out_time), out_lengths
+            # Statistics over valid frames by per-utterance reductions, output zero on
+            # padding, the ReLU fused in; activation and dropout map zeros to zeros, so
+            # padding stays zero.
+            lens = torch.jit.annotate(list[int], out_lengths.tolist())
+            y = norm.forward_lengths(y, lens, self.fuse_relu)
+            if not self.fuse_relu:
+                y = self.act(y)
+            return self.dropout(y), out_lengths
         if norm is not None:
             weight, bias = norm.fold(self.conv.weight, self.conv.bias)
             y = nn.functional.conv2d(x, weight, bias, self.conv.stride)

@@ -11,7 +11,11 @@ hold at every conv layer (see :mod:`speechconv.shapes` for the length arithmetic
 3. batch-norm statistics in training are taken over valid frames only
    (:class:`MaskedBatchNorm2d`), so appending padding changes nothing.
 
-Everything here is TorchScript-scriptable.
+Everything public here is TorchScript-scriptable.  In eager mode, training runs
+through two ``torch.autograd.Function`` with hand-written backwards
+(:class:`_PadPerUtterance`, :class:`_MaskedBatchNormFn`), which allocate fewer
+batch-sized tensors than autograd of the same ops; TorchScript cannot call them, so
+under ``torch.jit.is_scripting()`` the same values come from autograd-able ops.
 """
 
 from __future__ import annotations
@@ -122,9 +126,11 @@ def pad_per_utterance(
     reads them.
 
     Without autograd, one slice copy per utterance (a loop over ``B``) writes each
-    element once.  With autograd, per-utterance slices would each cost a full-size
-    gradient in backward, so the buffer is one row gather from a padded copy instead
-    (backward: one index_add and a slice).
+    element once.  With autograd, in eager mode, the same copies run inside
+    :class:`_PadPerUtterance`, whose backward is one slice copy per utterance too.
+    Under TorchScript (which cannot call an ``autograd.Function``), per-utterance slices
+    would each cost a full-size gradient in backward, so the buffer is one row gather
+    from a padded copy instead (backward: one index_add and a slice).
 
     Args:
         x: ``(B, C, T, F)`` input of one conv.
@@ -140,8 +146,12 @@ def pad_per_utterance(
     """
     b_size, c_size, t_size, f_size = x.shape
     f_pad = freq_before + f_size + freq_after
+    if torch.is_grad_enabled() and x.requires_grad and not torch.jit.is_scripting():
+        return _PadPerUtterance.apply(
+            x, lengths.tolist(), pad_before.tolist(), out_time, freq_before, freq_after
+        )
     if torch.is_grad_enabled() and x.requires_grad:
-        # One padded copy with an extra zero frame per utterance, then one row gather:
+        # TorchScript cannot call an autograd.Function.  One padded copy with an extra zero frame per utterance, then one row gather:
         # buffer frame (b, tau) reads frame tau - pad_before[b] when that is a valid
         # frame, and the zero frame otherwise.
         padded = nn.functional.pad(  # (B, T, F, C) -> (B, T + 1, F_pad, C)
@@ -153,15 +163,205 @@ def pad_per_utterance(
         rows = padded.reshape(b_size * (t_size + 1), f_pad, c_size)  # (B, T + 1, F_pad, C) -> (B*(T+1), F_pad, C)
         buf = rows.index_select(0, src.flatten())  # (B*out_time, F_pad, C)
         return conv_layout(buf.view(b_size, out_time, f_pad, c_size))  # (B*out_time, ...) -> (B, C, out_time, F_pad)
-    buf = conv_layout(x.new_zeros((b_size, out_time, f_pad, c_size)))  # (B, C, T, F), channels_last
     lens = torch.jit.annotate(list[int], lengths.tolist())
     offsets = torch.jit.annotate(list[int], pad_before.tolist())
+    return _pad_copy(x, lens, offsets, out_time, freq_before, freq_after)
+
+
+def _pad_copy(
+    x: torch.Tensor, lens: list[int], offsets: list[int], out_time: int, freq_before: int, freq_after: int
+) -> torch.Tensor:
+    """:func:`pad_per_utterance` outside autograd, one slice copy per utterance.
+
+    ``x`` ``(B, C, T, F)`` -> ``(B, C, out_time, freq_before + F + freq_after)``, channels_last."""
+    b_size, c_size, t_size, f_size = x.shape
+    f_pad = freq_before + f_size + freq_after
+    buf = conv_layout(x.new_zeros((b_size, out_time, f_pad, c_size)))  # (B, C, T, F), channels_last
     for b in range(b_size):
         n = min(lens[b], out_time - offsets[b])
         if n > 0:
             p = offsets[b]
             buf[b, :, p : p + n, freq_before : freq_before + f_size].copy_(x[b, :, :n])
     return buf
+
+
+class _PadPerUtterance(torch.autograd.Function):
+    """:func:`pad_per_utterance` with a hand-written backward: each utterance's gradient
+    is one slice copy out of the buffer's gradient, into one new tensor (autograd of the
+    slice copies would cost a full-size gradient per utterance, and the index gather of
+    the TorchScript path costs a padded copy, a zero fill and a scatter).
+
+    Shapes: ``forward(x, lens, offsets, out_time, freq_before, freq_after)``: ``x``
+    ``(B, C, T, F)``, ``lens`` and ``offsets`` ``B`` ints -> ``(B, C, out_time, F_pad)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, lens, offsets, out_time, freq_before, freq_after):  # noqa: ANN001, ANN205
+        ctx.lens, ctx.offsets, ctx.freq_before = lens, offsets, freq_before
+        ctx.x_shape = x.shape
+        ctx.x_channels_last = x.permute(0, 2, 3, 1).is_contiguous()  # (B, C, T, F) -> (B, T, F, C)
+        return _pad_copy(x, lens, offsets, out_time, freq_before, freq_after)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        b_size, c_size, t_size, f_size = ctx.x_shape
+        if ctx.x_channels_last:
+            grad_x = conv_layout(grad.new_empty((b_size, t_size, f_size, c_size)))  # (B, C, T, F), channels_last
+        else:
+            grad_x = grad.new_empty((b_size, c_size, t_size, f_size))
+        fb = ctx.freq_before
+        for b in range(b_size):
+            n = max(min(ctx.lens[b], grad.shape[2] - ctx.offsets[b]), 0)
+            p = ctx.offsets[b]
+            grad_x[b, :, :n].copy_(grad[b, :, p : p + n, fb : fb + f_size])
+            grad_x[b, :, n:].zero_()  # frames never read by the conv
+        return grad_x, None, None, None, None, None
+
+
+def _check_count(count: int) -> None:
+    """Batch statistics need more than one value per channel (``count``: valid frames x
+    frequency rows), as in ``nn.BatchNorm2d``."""
+    if count <= 1:
+        raise ValueError(
+            f"MaskedBatchNorm2d needs more than 1 valid value per channel in training, got {count} "
+            "(valid frames x frequency rows); use longer utterances or a larger batch"
+        )
+
+
+def _channel_sums(
+    grad: torch.Tensor, x: torch.Tensor, lens: list[int], mean: torch.Tensor, invstd: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel sums over the valid frames: ``sum g * (x - mean) * invstd`` and ``sum g``.
+
+    Utterance ``b``'s valid frames are the contiguous rows ``[:L_b]`` of ``(B, T, F, C)``
+    tensors, so each sum is one reduction per utterance over a ``(L_b * F, C)`` view,
+    with no mask and no copy.  The reduction is ATen's batch-norm weight gradient
+    (``native_batch_norm_backward`` with only the weight and bias gradients asked for):
+    one fused pass over ``g`` and ``x``, where ``(g * x).sum(0)`` would allocate a
+    product the size of the batch.
+
+    Args:
+        grad, x: ``(B, T, F, C)`` (rows of a channels_last ``(B, C, T, F)``).
+        lens: ``B`` valid frames per utterance.
+        mean, invstd: ``(C,)``.
+
+    Returns:
+        ``(C,)`` and ``(C,)``.
+    """
+    c_size = x.shape[3]
+    dot = torch.zeros_like(mean)
+    total = torch.zeros_like(mean)
+    for b, n in enumerate(lens):
+        if n > 0:
+            _, d, t = torch.ops.aten.native_batch_norm_backward(
+                grad[b, :n].reshape(-1, c_size), x[b, :n].reshape(-1, c_size),  # (L_b, F, C) -> (L_b * F, C)
+                None, None, None, mean, invstd, True, 0.0, [False, True, True],
+            )
+            dot += d
+            total += t
+    return dot, total
+
+
+def _zero_past(rows: torch.Tensor, lens: list[int]) -> torch.Tensor:
+    """Zero, in place, frames ``t >= L_b`` of ``(B, T, F, C)`` ``rows`` (only those are written)."""
+    for b, n in enumerate(lens):
+        if n < rows.shape[1]:
+            rows[b, n:].zero_()
+    return rows
+
+
+def _valid_stats(rows: torch.Tensor, lens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and biased variance per channel over the valid frames of ``(B, T, F, C)``
+    ``rows`` (``lens``: ``B`` ints), not differentiated -> ``(C,)``, ``(C,)``.
+
+    Two passes, the variance as ``sum (x - mean)^2`` (from ``sum x (x - mean)``, less the
+    rounding left in ``sum (x - mean)``), so a large mean does not cancel the variance."""
+    count = sum(lens) * rows.shape[2]
+    zero = rows.new_zeros(rows.shape[3])
+    _, total = _channel_sums(rows, rows, lens, zero, zero)
+    mean = total / count
+    sq, _ = _channel_sums(rows, rows, lens, mean, torch.ones_like(mean))  # sum x (x - mean)
+    return mean, (sq - mean * (total - count * mean)) / count
+
+
+def _normalise(
+    rows: torch.Tensor,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+) -> torch.Tensor:
+    """``(B, T, F, C)`` rows -> ``(rows - mean) / sqrt(var + eps) * weight + bias`` as one
+    ``addcmul`` (one new tensor); ``mean``, ``var``, ``weight``, ``bias`` ``(C,)``.
+
+    Shared by the eager and the TorchScript paths so that both give the same values."""
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias
+    return torch.addcmul(shift, rows, scale)
+
+
+class _MaskedBatchNormFn(torch.autograd.Function):
+    """Batch norm over valid frames, optionally followed by ReLU, with a hand-written backward.
+
+    Statistics: mean, then biased variance as ``sum (x - mean)^2`` (two passes, as stable
+    as the native kernel's), over every valid ``(b, t)`` and all ``f``, by
+    :func:`_channel_sums`.  Output: the native eval-mode kernel with the batch's
+    statistics (one new tensor), ReLU in place, and zeros written on padding frames.
+
+    Backward, with ``N`` valid values per channel, ``xhat = (x - mean) * invstd``,
+    ``k = gamma * invstd`` and ``g`` the output gradient (after the ReLU's mask):
+    ``dgamma = sum g xhat``, ``dbeta = sum g`` (valid frames only) and, on valid frames,
+    ``dx = k g - k dbeta / N - k xhat dgamma / N = k g + c2 x + c1`` with per-channel
+    ``c2 = -k invstd dgamma / N``, ``c1 = -k dbeta / N - c2 mean``; zero on padding.
+    Fusing the ReLU lets its masked gradient be the one new tensor of the backward
+    (the rest is in place), where autograd of ReLU then batch norm allocates two.
+
+    Shapes: ``forward(x, weight, bias, lens, eps, relu)``: ``x`` ``(B, C, T, F)``,
+    ``weight``, ``bias`` ``(C,)`` or None, ``lens`` ``B`` ints -> ``out`` ``(B, C, T, F)``
+    channels_last, and ``mean``, ``var`` (biased) ``(C,)`` (not differentiable).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lens, eps, relu):  # noqa: ANN001, ANN205
+        rows = x.permute(0, 2, 3, 1).contiguous()  # (B, C, T, F) -> (B, T, F, C), a view when channels_last
+        mean, var = _valid_stats(rows, lens)
+        invstd = torch.rsqrt(var + eps)
+        out = _normalise(rows, mean, var, weight, bias, eps)
+        if relu:
+            out.relu_()
+        _zero_past(out, lens)
+        result = out.permute(0, 3, 1, 2)  # (B, T, F, C) -> (B, C, T, F), channels_last strides
+        ctx.lens, ctx.relu, ctx.count = lens, relu, sum(lens) * rows.shape[2]
+        ctx.save_for_backward(x, weight, mean, invstd, result if relu else None)
+        ctx.mark_non_differentiable(mean, var)
+        return result, mean, var
+
+    @staticmethod
+    def backward(ctx, grad, _grad_mean, _grad_var):  # noqa: ANN001, ANN205
+        x, weight, mean, invstd, result = ctx.saved_tensors
+        rows = x.permute(0, 2, 3, 1).contiguous()  # (B, C, T, F) -> (B, T, F, C)
+        if ctx.relu:
+            # A new tensor (the gradient through the ReLU), updated in place below.
+            g = torch.ops.aten.threshold_backward(grad, result, 0).permute(0, 2, 3, 1).contiguous()
+        else:
+            g = grad.permute(0, 2, 3, 1)  # (B, C, T, F) -> (B, T, F, C); read only
+        dgamma, dbeta = _channel_sums(g, rows, ctx.lens, mean, invstd)
+        k = invstd if weight is None else invstd * weight
+        c2 = -k * invstd * dgamma / ctx.count
+        c1 = -k * dbeta / ctx.count - c2 * mean
+        if ctx.relu:
+            dx = g.mul_(k).addcmul_(rows, c2).add_(c1)
+        else:
+            dx = torch.addcmul(c1, rows, c2).addcmul_(g, k)
+        _zero_past(dx, ctx.lens)
+        grad_weight = dgamma if weight is not None and ctx.needs_input_grad[1] else None
+        grad_bias = dbeta if ctx.needs_input_grad[2] else None
+        return dx.permute(0, 3, 1, 2), grad_weight, grad_bias, None, None, None  # (B, T, F, C) -> (B, C, T, F)
 
 
 class MaskedBatchNorm2d(nn.BatchNorm2d):
@@ -176,8 +376,9 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
     ``num_batches_tracked``) have the names and shapes of ``nn.BatchNorm2d``, so a
     state dict loads into either.
 
-    Outputs on padding frames are not zero (they are ``bias`` after normalising zeros
-    and garbage); callers mask them.
+    Outputs of :meth:`forward` on padding frames are not zero (they are ``bias`` after
+    normalising zeros and garbage); callers mask them.  :meth:`forward_lengths` (the
+    encoder's training path) takes lengths instead of a mask and writes zeros there.
 
     Shapes:
         ``forward(x, mask)``: ``x`` ``(B, C, T, F)``; ``mask`` ``(B, 1, T, 1)`` bool
@@ -193,11 +394,7 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
         if count == x.shape[0] * x.shape[2] * x.shape[3]:
             # No padding: the fused native kernel, identical to nn.BatchNorm2d.
             return self._native(x)
-        if count <= 1:
-            raise ValueError(
-                f"MaskedBatchNorm2d needs more than 1 valid value per channel in training, got {count} "
-                "(valid frames x frequency rows); use longer utterances or a larger batch"
-            )
+        _check_count(count)
         m = mask.to(x.dtype)
         mean = (x * m).sum(dim=(0, 2, 3)) / count  # (C,)
         centred = (x - mean[None, :, None, None]) * m  # (B, C, T, F), zero on padding
@@ -211,6 +408,53 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
             out = out * weight[None, :, None, None] + bias[None, :, None, None]  # (C,) -> (1, C, 1, 1)
         return out
 
+    @torch.jit.export
+    def forward_lengths(self, x: torch.Tensor, lens: list[int], relu: bool = False) -> torch.Tensor:
+        """Training batch norm over valid frames given as lengths, with an optional fused
+        ReLU, zero on padding frames (eager mode only; see :class:`_MaskedBatchNormFn`).
+
+        The statistics, outputs on valid frames and running-statistics update are those
+        of :meth:`forward` with ``time_mask(lengths, T)``.
+
+        ``x`` ``(B, C, T, F)`` (channels_last avoids a copy), ``lens`` ``B`` ints ``<= T``
+        -> ``(B, C, T, F)`` channels_last."""
+        count = sum(lens) * x.shape[3]
+        _check_count(count)
+        if not torch.jit.is_scripting():
+            out, mean, var = _MaskedBatchNormFn.apply(x, self.weight, self.bias, lens, self.eps, relu)
+        else:
+            out, mean, var = self._forward_lengths_autograd(x, lens, relu)
+        if self.training and self.track_running_stats:
+            self._update_running(mean, var, count)
+        return out
+
+    def _forward_lengths_autograd(
+        self, x: torch.Tensor, lens: list[int], relu: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:class:`_MaskedBatchNormFn` for TorchScript, which cannot call it: the same
+        values (statistics by :func:`_valid_stats`, output by :func:`_normalise`), with
+        gradients from autograd of masked sums.
+
+        ``x`` ``(B, C, T, F)`` -> ``(B, C, T, F)``, and mean and biased variance ``(C,)``."""
+        rows = x.permute(0, 2, 3, 1)  # (B, C, T, F) -> (B, T, F, C)
+        count = sum(lens) * rows.shape[2]
+        with torch.no_grad():
+            mean, var = _valid_stats(rows.contiguous(), lens)
+        mask = time_mask(torch.tensor(lens, device=x.device), x.shape[2]).to(x.dtype)  # (B, 1, T, 1)
+        if x.requires_grad:
+            # Statistics whose values are exactly mean, var (d - d.detach() is 0) and
+            # whose gradient is that of the masked sums.
+            mean_d = (x * mask).sum(dim=(0, 2, 3)) / count
+            centred = (x - mean_d[None, :, None, None]) * mask  # (C,) -> (1, C, 1, 1)
+            var_d = (centred * centred).sum(dim=(0, 2, 3)) / count
+            mean = mean + (mean_d - mean_d.detach())
+            var = var + (var_d - var_d.detach())
+        out = _normalise(rows, mean, var, self.weight, self.bias, self.eps)
+        if relu:
+            out = torch.relu(out)
+        out = out * mask.permute(0, 2, 3, 1)  # (B, 1, T, 1) -> (B, T, 1, 1)
+        return out.permute(0, 3, 1, 2), mean.detach(), var.detach()  # (B, T, F, C) -> (B, C, T, F)
+
     def forward_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """Batch norm of valid frames only, packed as ``(N, F, C)`` (see
         :func:`gather_frames`) -> ``(N, F, C)``.
@@ -220,11 +464,8 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
         this path in training."""
         n_frames, f_size, c_size = frames.shape
         count = n_frames * f_size
-        if (self.training or not self.track_running_stats) and count <= 1:
-            raise ValueError(
-                f"MaskedBatchNorm2d needs more than 1 valid value per channel in training, got {count} "
-                "(valid frames x frequency rows); use longer utterances or a larger batch"
-            )
+        if self.training or not self.track_running_stats:
+            _check_count(count)
         out = self._native(frames.reshape(count, c_size))  # (N, F, C) -> (N*F, C)
         return out.view(n_frames, f_size, c_size)  # (N*F, C) -> (N, F, C)
 

@@ -108,14 +108,18 @@ def test_fold_equals_conv_then_batchnorm() -> None:
         torch.testing.assert_close(nn.functional.conv2d(x, w, b, (2, 1)), ref(conv(x)), rtol=1e-5, atol=1e-5)
 
 
+# Arguments of pad_per_utterance: lengths, per-utterance offsets, buffer time, frequency padding.
+PAD_CASES = {
+    "lengths": st.lists(st.integers(0, 8), min_size=1, max_size=4),
+    "offsets": st.lists(st.integers(0, 3), min_size=4, max_size=4),
+    "out_time": st.integers(1, 12),
+    "freq": st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    "channels_last": st.booleans(),
+}
+
+
 @SETTINGS
-@given(
-    lengths=st.lists(st.integers(0, 8), min_size=1, max_size=4),
-    offsets=st.lists(st.integers(0, 3), min_size=4, max_size=4),
-    out_time=st.integers(1, 12),
-    freq=st.tuples(st.integers(0, 2), st.integers(0, 2)),
-    channels_last=st.booleans(),
-)
+@given(**PAD_CASES)
 def test_pad_per_utterance_places_each_valid_frame(lengths, offsets, out_time, freq, channels_last) -> None:
     b_size, t = len(lengths), max(lengths) + 1
     x = torch.randn(b_size, 3, t, 5)
@@ -203,3 +207,113 @@ def test_forward_frames_equals_masked_forward_on_gathered_frames() -> None:
     torch.testing.assert_close(back, masking.zero_padding(want, lengths), rtol=1e-5, atol=1e-5)
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         torch.testing.assert_close(getattr(packed, name), getattr(dense, name))
+
+
+# ------------------------------------------- training path with lengths (autograd.Function)
+
+
+def _script_forward_lengths(bn: masking.MaskedBatchNorm2d):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated on torch 2.14; it still works
+        return torch.jit.script(bn).forward_lengths
+
+
+@SETTINGS
+@given(
+    lengths=st.lists(st.integers(0, 9), min_size=1, max_size=4).filter(lambda ls: sum(ls) >= 2),
+    extra=st.integers(0, 3),
+    momentum=st.sampled_from([0.1, None]),
+    affine=st.booleans(),
+    relu=st.booleans(),
+    scripted=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_forward_lengths_equals_batchnorm2d_on_the_valid_frames(
+    lengths, extra, momentum, affine, relu, scripted, seed
+) -> None:
+    """The encoder's training path (eager: the autograd.Function; TorchScript: autograd
+    of masked sums) against nn.BatchNorm2d (+ ReLU) on the valid frames concatenated along
+    time: outputs, zeros on padding, input and parameter gradients, running statistics."""
+    mine, ref = _pair(momentum, affine, seed)
+    forward = _script_forward_lengths(mine) if scripted else mine.forward_lengths
+    t = max(lengths) + extra
+    act = torch.relu if relu else (lambda v: v)
+    for _ in range(2):  # two steps: running stats accumulate the same way
+        x = (torch.randn(len(lengths), t, 3, 4) * 3 + 1).permute(0, 3, 1, 2)  # (B, T, F, C) -> (B, C, T, F)
+        x.requires_grad_(True)
+        out = forward(x, lengths, relu)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        valid = torch.cat([x[b, :, :n] for b, n in enumerate(lengths)], dim=1)[None]  # (1, C, sum L, F)
+        got = torch.cat([out[b, :, :n] for b, n in enumerate(lengths)], dim=1)[None]
+        ref_b = nn.BatchNorm2d(4, affine=affine, track_running_stats=False)
+        if affine:
+            ref_b.load_state_dict({k: v for k, v in mine.state_dict().items() if k in ("weight", "bias")})
+        want = act(ref(valid.detach()))
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        for b, n in enumerate(lengths):
+            assert (out[b, :, n:] == 0).all()
+        g = torch.randn_like(out)  # non-zero on padding too: it must not leak into x.grad
+        (out * g).sum().backward()
+        x_ref = valid.detach().requires_grad_(True)
+        g_valid = torch.cat([g[b, :, :n] for b, n in enumerate(lengths)], dim=1)[None]
+        (act(ref_b(x_ref)) * g_valid).sum().backward()
+        got_grad = torch.cat([x.grad[b, :, :n] for b, n in enumerate(lengths)], dim=1)[None]
+        torch.testing.assert_close(got_grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+        for b, n in enumerate(lengths):
+            assert (x.grad[b, :, n:] == 0).all()
+        if affine:
+            torch.testing.assert_close(mine.weight.grad, ref_b.weight.grad, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(mine.bias.grad, ref_b.bias.grad, rtol=1e-4, atol=1e-4)
+            mine.weight.grad = mine.bias.grad = None
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(mine, name), getattr(ref, name))
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("affine", [False, True])
+def test_masked_batch_norm_function_gradcheck(relu: bool, affine: bool) -> None:
+    """The hand-written backward against finite differences, in float64, with padding
+    frames, an empty utterance and garbage past every length."""
+    torch.manual_seed(11)
+    lens = [5, 2, 0, 4]
+    x = (torch.randn(4, 5, 3, 2, dtype=torch.float64) * 2 + 1).permute(0, 3, 1, 2)  # (B, C, T, F) channels_last
+    x.requires_grad_(True)
+    weight = (torch.rand(2, dtype=torch.float64) + 0.5).requires_grad_(True) if affine else None
+    bias = torch.randn(2, dtype=torch.float64, requires_grad=True) if affine else None
+
+    def fn(x, *params):
+        w, b = params if affine else (None, None)
+        return masking._MaskedBatchNormFn.apply(x, w, b, lens, 1e-5, relu)[0]
+
+    inputs = (x, weight, bias) if affine else (x,)
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+@SETTINGS
+@given(**PAD_CASES)
+def test_pad_per_utterance_gradient_equals_the_index_gather(lengths, offsets, out_time, freq, channels_last) -> None:
+    """Eager autograd (the autograd.Function, one slice copy per utterance both ways)
+    against the TorchScript form (row gather): same buffer, same input gradient."""
+    b_size, t = len(lengths), max(lengths) + 1
+    x = torch.randn(b_size, 3, t, 5)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    args = (torch.tensor(lengths), torch.tensor(offsets[:b_size]), out_time, *freq)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated on torch 2.14; it still works
+        scripted = torch.jit.script(masking.pad_per_utterance)
+    x_a, x_b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    got, want = masking.pad_per_utterance(x_a, *args), scripted(x_b, *args)
+    assert torch.equal(got, want)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    g = torch.randn_like(got)
+    (got * g).sum().backward()
+    (want * g).sum().backward()
+    assert torch.equal(x_a.grad, x_b.grad)
+
+
+def test_pad_per_utterance_gradcheck() -> None:
+    x = torch.randn(3, 2, 6, 4, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    lengths, offsets = torch.tensor([6, 3, 0]), torch.tensor([1, 0, 2])
+    assert torch.autograd.gradcheck(lambda v: masking.pad_per_utterance(v, lengths, offsets, 7, 1, 2), (x,))
