@@ -1,8 +1,8 @@
 """CTC model: encoder (flattened) -> projection -> BiLSTM -> linear -> CTC, greedy decoding.
 
 The encoder is any speechconv encoder returning ``(B, T', D)`` (or ``(B, T', F', C')``,
-flattened here) with exact ``out_lengths``; CTC reads those lengths, so padded frames
-never enter the loss.  The interface matches :class:`speechconv.seq2seq.Seq2Seq`:
+flattened) with exact ``out_lengths``, under the :class:`RecurrentEncoder` stack; CTC
+reads those lengths, so padded frames never enter the loss.  The interface matches :class:`speechconv.seq2seq.Seq2Seq`:
 ``forward(...) -> loss`` and ``greedy_decode(...) -> ids``, so one training loop serves both.
 """
 
@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from speechconv.models.recurrent import RecurrentEncoder
 
 
 def ctc_collapse(ids: list[int], blank_id: int) -> list[int]:
@@ -56,29 +57,16 @@ class CTCModel(nn.Module):
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
-        encoder_dim = getattr(encoder, "output_dim", None)
-        if not isinstance(encoder_dim, int):
-            raise ValueError(f"CTCModel needs an encoder with an int output_dim, got {type(encoder).__name__}")
         if not 0 <= blank_id < vocab_size:
             raise ValueError(f"CTCModel blank_id={blank_id} is invalid: expected an id in [0, {vocab_size})")
-        self.encoder = encoder
+        self.body = RecurrentEncoder(encoder, projection, hidden, lstm_layers, dropout)
         self.blank_id = blank_id
-        self.project = nn.Linear(encoder_dim, projection) if projection > 0 else nn.Identity()
         self.dropout = nn.Dropout(dropout)
-        self.lstm = nn.LSTM(projection or encoder_dim, hidden, num_layers=lstm_layers, batch_first=True,
-                            bidirectional=True, dropout=dropout if lstm_layers > 1 else 0.0)
-        self.out = nn.Linear(2 * hidden, vocab_size)
+        self.out = nn.Linear(self.body.output_dim, vocab_size)
 
     def log_probs(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, T, F, C)``, ``(B,)`` -> log-probabilities ``(B, T', V)`` and ``(B,)`` output lengths."""
-        encoded, out_lengths = self.encoder(features, lengths)
-        if encoded.dim() == 4:
-            b, t, f, c = encoded.shape
-            encoded = encoded.reshape(b, t, f * c)  # (B, T', F', C') -> (B, T', D)
-        x = self.dropout(self.project(encoded))  # (B, T', D) -> (B, T', D_proj)
-        packed = pack_padded_sequence(x, out_lengths.cpu(), batch_first=True, enforce_sorted=False)
-        y, _ = self.lstm(packed)
-        y, _ = pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])  # (B, T', 2 * hidden)
+        y, out_lengths = self.body(features, lengths)  # (B, T', 2 * hidden)
         return F.log_softmax(self.out(self.dropout(y)), dim=-1), out_lengths
 
     def forward(
