@@ -3,9 +3,9 @@
 The conv encoder sees 85 ms around each frame (receptive field 7 frames); the BiLSTM
 gives every output frame the whole utterance.  The CTC head needs it to place labels,
 and the attention decoder needs it to know where it is in the utterance and when to
-stop: on the bare conv encoder, a 3,000-step seq2seq run on the digit strings
-reached a teacher-forced validation loss of 0.42 per character but 92% WER greedy,
-mostly by repeating digits ("four two four" for "four").
+stop: on the bare conv encoder, a seq2seq run on the digit strings stood at step 1,000
+at a teacher-forced validation loss of 0.42 per character but 92% WER greedy, mostly
+by repeating digits ("four two four" for "four").
 """
 
 from __future__ import annotations
