@@ -176,17 +176,12 @@ def _pad_copy(
     ``x`` ``(B, C, T, F)`` -> ``(B, C, out_time, freq_before + F + freq_after)``, channels_last."""
     b_size, c_size, t_size, f_size = x.shape
     f_pad = freq_before + f_size + freq_after
-    # Uninitialised, then every element written once (a copy or a zero): a zero fill
-    # first would write the whole buffer twice.
-    buf = conv_layout(x.new_empty((b_size, out_time, f_pad, c_size)))  # (B, C, T, F), channels_last
+    buf = conv_layout(x.new_zeros((b_size, out_time, f_pad, c_size)))  # (B, C, T, F), channels_last
     for b in range(b_size):
-        p = min(offsets[b], out_time)
-        n = max(min(lens[b], out_time - p), 0)
-        buf[b, :, :p].zero_()
-        buf[b, :, p : p + n, :freq_before].zero_()
-        buf[b, :, p : p + n, freq_before : freq_before + f_size].copy_(x[b, :, :n])
-        buf[b, :, p : p + n, freq_before + f_size :].zero_()
-        buf[b, :, p + n :].zero_()
+        n = min(lens[b], out_time - offsets[b])
+        if n > 0:
+            p = offsets[b]
+            buf[b, :, p : p + n, freq_before : freq_before + f_size].copy_(x[b, :, :n])
     return buf
 
 
