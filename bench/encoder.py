@@ -18,12 +18,23 @@ backward counted as twice the forward: the input and weight gradients), and that
 percentage of a float32 matmul peak measured in the same run with a large ``torch.mm``.
 
 Reading the train rows: on CPU these layers are memory-bound, and where a fresh large
-tensor costs page faults (measured on the development VM: ~15 ms to allocate and touch
-41 MB, ~1.7 ms to copy into existing memory) the masked encoder pays for the tensors
-it adds in training (gathered valid frames for batch norm, the zero-padded buffer
-before each conv, and their gradients).  ``MALLOC_MMAP_THRESHOLD_=4294967296
-MALLOC_TRIM_THRESHOLD_=68719476736`` (glibc reuses freed memory) speeds up every
-variant.
+tensor costs page faults (measured on the development VM: ~15-25 ms to allocate and
+touch 41 MB, ~2 ms to copy into existing memory) time follows the count of new
+batch-sized tensors per step.  The masked encoder adds the zero-padded buffer before
+the second conv and its gradient (the first conv's buffer is small: 3 channels); it
+saves one in the backward of each batch norm, whose ReLU is fused into a hand-written
+backward (``speechconv.masking._MaskedBatchNormFn``: per-utterance reductions over the
+valid frames, no gather), and ``nn.BatchNorm2d``'s backward on 4-D channels_last
+tensors is itself slow (~20 ms for the first layer at 1 thread).
+``MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736`` (glibc reuses
+freed memory) speeds up every variant.
+
+Two threads on a loaded machine: every op big enough to run in parallel waits for
+both threads, and a descheduled thread costs up to a scheduler time slice.  The masked
+encoder runs per-utterance loops (a few hundred such ops per training step, against
+about twenty for ``plain``), so its 2-thread rows swing by several times when other
+jobs hold the cores (eval included, whose code path is older); judge them on an idle
+machine, or by the 1-thread rows.
 """
 
 from __future__ import annotations
