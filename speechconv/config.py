@@ -41,6 +41,7 @@ ENCODER_TYPES = ("conv", "weiss2017")
 MODEL_TYPES = ("ctc", "seq2seq")
 DATA_TYPES = ("digits", "manifest")
 SCHEDULES = ("onecycle", "cosine", "constant")
+NONFINITE = ("stop", "skip")
 
 
 class ConfigError(ValueError):
@@ -244,10 +245,19 @@ class TrainerConfig:
             warm-up then cosine), or ``constant``.
         warmup_frac: fraction of ``max_steps`` spent warming up.
         grad_clip: gradient norm clip (0 = off).
-        val_every: validate every N steps (and at the end).
+        val_every: validate every N steps (and at the end); each validation also writes ``last.pt``.
+        checkpoint_every: also write ``last.pt`` every N steps without validating (0: only
+            when validating); a crash loses at most this many steps.
         log_every: write the training metrics every N steps.
         num_threads: torch intra-op threads in the main process (0: leave torch's default).
         progress: show the tqdm progress bar.
+        nonfinite: what a non-finite loss or gradient norm does: ``stop`` the run with an
+            error naming the step and the batch, or ``skip`` the batch (no update; the
+            step counter does not advance).  Either way no non-finite weights are saved.
+        max_skips: with ``nonfinite=skip``, the most batches skipped in a row; one more
+            stops the run (the model has diverged).
+        ddp: train with DistributedDataParallel, one process per device, launched by
+            ``torchrun`` (gloo on CPU, NCCL on CUDA); see :mod:`speechconv.training.distributed`.
     """
 
     max_steps: int = 1200
@@ -263,13 +273,20 @@ class TrainerConfig:
     log_every: int = 10
     num_threads: int = 0
     progress: bool = True
+    checkpoint_every: int = 0
+    nonfinite: str = "stop"
+    max_skips: int = 10
+    ddp: bool = False
 
     def __post_init__(self) -> None:
         _check_int("trainer.max_steps", self.max_steps, 1)
         _check_int("trainer.seed", self.seed, 0)
-        for key in ("val_every", "log_every"):
+        for key in ("val_every", "log_every", "max_skips"):
             _check_int(f"trainer.{key}", getattr(self, key), 1)
-        _check_int("trainer.num_threads", self.num_threads, 0)
+        for key in ("num_threads", "checkpoint_every"):
+            _check_int(f"trainer.{key}", getattr(self, key), 0)
+        if self.nonfinite not in NONFINITE:
+            raise _bad("trainer.nonfinite", self.nonfinite, f"one of {NONFINITE}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise _bad("trainer.device", self.device, "'cpu' or 'cuda[:N]'")
         if not (isinstance(self.resume, (bool, str))):

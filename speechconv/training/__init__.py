@@ -15,8 +15,10 @@ from speechconv.config import Config, ConfigError, validate
 
 def run(cfg: Any, out_dir: str | Path) -> int:
     """Validate ``cfg`` (an OmegaConf config or a :class:`Config`) and run its ``mode``;
-    returns the exit code.  User errors raise :class:`ConfigError` (or the library's
-    ``ValueError`` subclasses) before any data is read where possible."""
+    returns the exit code: 0, or ``128 + signal`` for a training run stopped by Ctrl-C
+    (130) or SIGTERM (143) after saving its checkpoint.  User errors raise
+    :class:`ConfigError` (or the library's ``ValueError`` subclasses) before any data
+    is read where possible."""
     config = cfg if isinstance(cfg, Config) else validate(cfg)
     if config.mode == "shapes":
         from speechconv.training.shapes_job import run_shapes
@@ -25,8 +27,8 @@ def run(cfg: Any, out_dir: str | Path) -> int:
     if config.mode == "train":
         from speechconv.training.loop import train
 
-        train(config, out_dir)
-        return 0
+        result = train(config, out_dir)
+        return 128 + result.interrupted if result.interrupted else 0
     if config.mode == "eval":
         from speechconv.training.evaluate import run_eval
 
@@ -37,15 +39,23 @@ def run(cfg: Any, out_dir: str | Path) -> int:
 
 
 def main(cfg: Any, out_dir: str | Path) -> int:
-    """:func:`run`, printing user errors as one clean line on stderr (exit code 2) instead of a traceback."""
+    """:func:`run`, printing expected failures as one clean line on stderr instead of a
+    traceback: user errors (config, checkpoint, manifest, missing file, unwritable run
+    folder or full disk) exit with code 2, a training run stopped by a non-finite loss
+    or gradient with code 1."""
     from speechconv.data import ManifestError
     from speechconv.training.checkpoint import CheckpointError
+    from speechconv.training.nonfinite import NonFiniteError
+    from speechconv.training.outputs import OutputError
 
     try:
         return run(cfg, out_dir)
-    except (ConfigError, CheckpointError, ManifestError, FileNotFoundError) as exc:
+    except (ConfigError, CheckpointError, ManifestError, FileNotFoundError, OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except NonFiniteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 __all__ = ["main", "run"]

@@ -8,6 +8,7 @@ Contents (every value a tensor, dict, list, str, int, float, bool or None, so th
 ``vocab``       :meth:`CharVocabulary.to_dict`.
 ``optimizer``, ``scheduler``  their ``state_dict``s.
 ``rng``         torch (CPU, and CUDA when used), numpy and python random states.
+``rank_rng``    under DDP: every rank's ``rng``, in rank order (dropout differs per rank).
 ``sampler``     the batch sampler's ``state_dict`` (epoch, batches consumed).
 ``step``        optimiser steps taken.
 ``metrics``     the history of validation metrics and the last training metrics.
@@ -15,6 +16,7 @@ Contents (every value a tensor, dict, list, str, int, float, bool or None, so th
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import random
@@ -37,11 +39,18 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically (a crash leaves the previous file, never a torn one)."""
+    """Write ``state`` to ``path`` atomically (a crash leaves the previous file, never a torn one).
+
+    The state is serialised in memory and written with one plain ``write``, so a full
+    disk raises ``OSError(ENOSPC)`` (``torch.save`` straight into a file reports it as
+    an opaque ``RuntimeError``); the temporary file is removed and ``path`` is untouched.
+    """
     missing = [k for k in CHECKPOINT_KEYS if k not in state]
     assert not missing, f"checkpoint state lacks {missing}"
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(buf.getbuffer())
     return Path(path)
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from speechconv.config import ConfigError, DataConfig
 from speechconv.data import (
@@ -63,10 +64,18 @@ def build_train_data(data: DataConfig, features: FeatureConfig, vocab: CharVocab
     return TrainData(train, sampler, valid)
 
 
+def _init_worker(worker_id: int) -> None:
+    """Ctrl-C is the main process' to handle (it finishes the step and saves, see
+    :mod:`speechconv.training.signals`); a worker dying of it would break that."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker_init_fn(worker_id)
+
+
 def loader(dataset: Dataset, data: DataConfig, vocab: CharVocabulary,
-           sampler: LengthBucketSampler | None = None) -> DataLoader[Batch]:
-    """A DataLoader of padded :class:`Batch` es; without ``sampler``, the dataset in order,
-    bucketed by length without shuffling (for validation and evaluation)."""
+           sampler: Sampler[list[int]] | None = None) -> DataLoader[Batch]:
+    """A DataLoader of padded :class:`Batch` es; ``sampler`` yields lists of indices (a
+    :class:`LengthBucketSampler`, or a rank's shard of one); without it, the dataset in
+    order, bucketed by length without shuffling (for validation and evaluation)."""
     if sampler is None:
         sampler = LengthBucketSampler(dataset.frame_lengths, max_frames=data.batch_frames,
                                       max_batch_size=data.max_batch_size, shuffle=False)
@@ -74,5 +83,5 @@ def loader(dataset: Dataset, data: DataConfig, vocab: CharVocabulary,
     # global torch RNG, and a resumed run (which starts an iterator mid-epoch) would drift
     # from an unbroken one.  Items never use it: they are seeded by (seed, epoch, index).
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=Collate(vocab.pad_id),
-                      num_workers=data.num_workers, worker_init_fn=worker_init_fn if data.num_workers else None,
+                      num_workers=data.num_workers, worker_init_fn=_init_worker if data.num_workers else None,
                       generator=torch.Generator().manual_seed(0))

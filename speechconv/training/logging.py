@@ -5,7 +5,11 @@ cells where a metric does not apply: validation rows have no learning rate).  It
 rewritten whole through :func:`speechconv.atomic.atomic_write_text` at every flush,
 so it is never torn; runs are a few thousand rows at most.  TensorBoard event files
 are written by ``SummaryWriter`` itself (append-only records, each one checksummed,
-which TensorBoard reads even when the last one is cut off).
+which TensorBoard reads even when the last one is cut off).  A resumed run passes
+``purge_step``: TensorBoard then hides the events a killed run wrote past its last
+checkpoint, which the resumed run writes again.
+
+A failed write raises :class:`speechconv.training.outputs.OutputError` naming the file.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import os
 from pathlib import Path
 
 from speechconv.atomic import atomic_write_text
+from speechconv.training.outputs import writing
 
-COLUMNS = ("step", "split", "epoch", "loss", "lr", "wer", "cer", "data_ms", "compute_ms", "elapsed_s")
+COLUMNS = ("step", "split", "epoch", "loss", "lr", "wer", "cer", "data_ms", "compute_ms", "elapsed_s", "skipped")
 
 
 class MetricsLogger:
@@ -27,9 +32,12 @@ class MetricsLogger:
         folder: the run folder; writes ``metrics.csv`` and ``tensorboard/``.
         tensorboard: also write TensorBoard scalars.
         rows: earlier rows (on resume) to keep.
+        purge_step: on resume, the first step to be written again (TensorBoard hides
+            earlier files' events from this step on).
     """
 
-    def __init__(self, folder: str | os.PathLike, tensorboard: bool = True, rows: list[dict] | None = None) -> None:
+    def __init__(self, folder: str | os.PathLike, tensorboard: bool = True, rows: list[dict] | None = None,
+                 purge_step: int | None = None) -> None:
         self.folder = Path(folder)
         self.csv_path = self.folder / "metrics.csv"
         self.rows: list[dict] = list(rows or [])
@@ -37,7 +45,8 @@ class MetricsLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(self.folder / "tensorboard"))
+            with writing(self.folder / "tensorboard"):
+                self.writer = SummaryWriter(log_dir=str(self.folder / "tensorboard"), purge_step=purge_step)
 
     def log(self, step: int, split: str, **values: float) -> None:
         """One row: ``values`` keyed by :data:`COLUMNS`; also TensorBoard ``split/name`` scalars."""
@@ -55,11 +64,19 @@ class MetricsLogger:
         out.writeheader()
         for row in self.rows:
             out.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        atomic_write_text(self.csv_path, buf.getvalue())
+        with writing(self.csv_path):
+            atomic_write_text(self.csv_path, buf.getvalue())
         if self.writer is not None:
-            self.writer.flush()
+            with writing(self.folder / "tensorboard"):
+                self.writer.flush()
 
-    def close(self) -> None:
-        self.flush()
-        if self.writer is not None:
-            self.writer.close()
+    def close(self, flush: bool = True) -> None:
+        """Write the CSV (unless ``flush`` is False: a run that failed keeps its last
+        written one) and close TensorBoard."""
+        try:
+            if flush:
+                self.flush()
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+                self.writer = None
