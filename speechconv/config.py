@@ -136,12 +136,14 @@ class ModelConfig:
 
     Attributes:
         type: ``ctc``: encoder -> projection -> BiLSTM -> linear -> CTC, greedy decoding;
-            ``seq2seq``: encoder -> attention LSTM decoder (:class:`speechconv.seq2seq.Seq2Seq`).
-        projection: ``ctc``: linear size between encoder and BiLSTM (0 = none); a
-            projection of the 640-wide conv output keeps the LSTM small.
-        hidden: ``ctc``: BiLSTM units per direction.
-        lstm_layers: ``ctc``: BiLSTM layers.
-        dropout: ``ctc``: dropout before the BiLSTM and before the output layer.
+            ``seq2seq``: encoder -> projection -> BiLSTM -> attention LSTM decoder
+            (:class:`speechconv.seq2seq.Seq2Seq`).  Both share the recurrent stack
+            (:class:`speechconv.models.recurrent.RecurrentEncoder`) sized below.
+        projection: linear size between encoder and BiLSTM (0 = none); a projection of
+            the 640-wide conv output keeps the LSTM small.
+        hidden: BiLSTM units per direction.
+        lstm_layers: BiLSTM layers.
+        dropout: dropout before the BiLSTM and before the output layer.
         embed_dim, decoder_dim, attention_dim: ``seq2seq`` sizes.
         max_decode_len: ``seq2seq``: the most tokens greedy decoding emits.
     """

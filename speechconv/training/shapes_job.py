@@ -22,7 +22,7 @@ def run_shapes(cfg: Config) -> int:
 
     audio = Path(cfg.shapes_audio) if cfg.shapes_audio else DEFAULT_AUDIO
     wave = load_audio(audio, sample_rate=cfg.features.sample_rate)
-    report = check_against_forward((cfg.features, cfg.encoder.conv_config()), audio=wave, raise_on_mismatch=False)
+    report = check_against_forward((cfg.features, cfg.encoder.conv_config()), audio=audio, raise_on_mismatch=False)
     print(f"features: {cfg.features.n_mels} mel bins x {cfg.features.n_channels} channels "
           f"({', '.join(cfg.features.channels)}), {cfg.features.win_ms:g} ms windows every {cfg.features.hop_ms:g} ms; "
           f"audio {audio}")
