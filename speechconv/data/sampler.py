@@ -15,6 +15,9 @@ Each epoch ``e``:
    number of batches is not a multiple of ``R`` the first batches are repeated to
    make it one (as ``DistributedSampler`` does), so every rank runs the same number
    of steps; without that padding the ranks partition the indices exactly.
+   ``train.py trainer.ddp=true`` does not use this: every rank draws the same global
+   batches (``num_replicas=1``) and takes every R-th utterance of each
+   (:mod:`speechconv.training.sharding`), so N ranks make the same updates as one.
 
 Lengths may change per epoch (digit strings are recomposed every epoch), so
 ``lengths`` may be a callable ``epoch -> lengths``.
