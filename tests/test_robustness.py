@@ -203,6 +203,15 @@ def test_resuming_a_half_written_checkpoint_names_it(fsdd, tmp_path, capsys):
     assert f"error: checkpoint {tmp_path / 'last.pt'} is corrupt or half-written" in capsys.readouterr().err
 
 
+
+def test_resuming_with_another_model_names_the_checkpoint(fsdd, tmp_path, capsys):
+    """A checkpoint whose weights do not fit the configured model is a user error, not a traceback."""
+    assert main(config(fsdd, "trainer.max_steps=2"), tmp_path) == 0
+    capsys.readouterr()
+    assert main(config(fsdd, "trainer.resume=true", "model.hidden=24"), tmp_path) == 2
+    err = capsys.readouterr().err
+    assert f"error: checkpoint {tmp_path / 'last.pt'} does not fit this run's model or optimizer" in err
+    assert ".hydra/config.yaml" in err
 @pytest.mark.parametrize(
     ("override", "key", "expected"),
     [("trainer.nonfinite=ignore", "trainer.nonfinite='ignore'", "one of ('stop', 'skip')"),

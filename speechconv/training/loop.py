@@ -45,7 +45,7 @@ from speechconv.config import Config, ConfigError, TrainerConfig
 from speechconv.data import Batch
 from speechconv.models import build_model
 from speechconv.text import CharVocabulary
-from speechconv.training.checkpoint import load_checkpoint, save_checkpoint
+from speechconv.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from speechconv.training.data import TrainData, build_train_data, loader
 from speechconv.training.distributed import DistContext, dump_rank_state, init_distributed
 from speechconv.training.evaluate import evaluate
@@ -152,7 +152,15 @@ def _train(cfg: Config, out_dir: Path, ctx: DistContext) -> TrainResult:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, trainer))
     at, resume_from = Position(), resume_path(trainer.resume, out_dir)
     if resume_from is not None:
-        at = restore(load_checkpoint(resume_from, map_location=device), model, optimizer, scheduler, data.sampler, ctx)
+        state = load_checkpoint(resume_from, map_location=device)
+        try:
+            at = restore(state, model, optimizer, scheduler, data.sampler, ctx)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(
+                f"checkpoint {resume_from} does not fit this run's model or optimizer ({first}); resume with the "
+                f"settings it was written with (its run folder's .hydra/config.yaml) or start a new run folder"
+            ) from exc
         _say(ctx, f"resumed from {resume_from} at step {at.step} (epoch {at.epoch}, {at.consumed} batches into it)")
     elif ctx.active:
         torch.manual_seed(trainer.seed + ctx.rank)  # dropout differs per rank; the weights start equal (DDP syncs them)
