@@ -88,6 +88,7 @@ def test_weiss2017_full_keeps_the_conv_front_overridable():
         (["data.spec_augment.time_masks=-1"], "data.spec_augment.time_masks=-1", "an int >= 0"),
     ],
 )
+@pytest.mark.filterwarnings("ignore:.*SAME padding fills the rest with zeros:UserWarning")  # stack4 at 8 mels warns first
 def test_validate_names_key_and_range(overrides, key, hint):
     with pytest.raises(ConfigError) as err:
         validate(compose(overrides))
