@@ -6,11 +6,12 @@
 
 from __future__ import annotations
 
-import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 from speechconv.config import Config, ConfigError, validate
+from speechconv.training.runlog import run_log, say
 
 
 def run(cfg: Any, out_dir: str | Path) -> int:
@@ -42,20 +43,28 @@ def main(cfg: Any, out_dir: str | Path) -> int:
     """:func:`run`, printing expected failures as one clean line on stderr instead of a
     traceback: user errors (config, checkpoint, manifest, missing file, unwritable run
     folder or full disk) exit with code 2, a training run stopped by a non-finite loss
-    or gradient with code 1."""
+    or gradient with code 1.  Everything it prints, and the traceback of an unexpected
+    crash, is also kept in ``out_dir/train.log``."""
     from speechconv.data import ManifestError
     from speechconv.training.checkpoint import CheckpointError
     from speechconv.training.nonfinite import NonFiniteError
-    from speechconv.training.outputs import OutputError
+    from speechconv.training.outputs import OutputError, RunFolderError
 
-    try:
-        return run(cfg, out_dir)
-    except (ConfigError, CheckpointError, ManifestError, FileNotFoundError, OutputError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except NonFiniteError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    with run_log(out_dir):
+        try:
+            return run(cfg, out_dir)
+        except RunFolderError as exc:
+            say(f"error: {exc}", err=True, log=False)  # nothing goes into an unwritable folder
+            return 2
+        except (ConfigError, CheckpointError, ManifestError, FileNotFoundError, OutputError) as exc:
+            say(f"error: {exc}", err=True)
+            return 2
+        except NonFiniteError as exc:
+            say(f"error: {exc}", err=True)
+            return 1
+        except Exception:
+            say(traceback.format_exc().rstrip(), err=True, echo=False)  # Python prints it on the way out
+            raise
 
 
 __all__ = ["main", "run"]

@@ -24,6 +24,7 @@ from speechconv.data import (
 )
 from speechconv.feature_config import FeatureConfig
 from speechconv.text import CharVocabulary
+from speechconv.training.runlog import say
 
 
 @dataclass
@@ -42,7 +43,7 @@ def manifest_dataset(path: str | None, key: str, features: FeatureConfig, vocab:
         raise ConfigError(f"{key}={path!r} is invalid: expected a JSON-lines manifest path; add {key}=PATH.jsonl")
     entries, problems = read_manifest(path)
     for problem in problems:
-        print(f"warning: skipped {problem}")
+        say(f"warning: skipped {problem}")
     if not entries:
         raise ConfigError(f"{key}={path!r} has no usable rows ({len(problems)} skipped); fix the manifest")
     return ManifestDataset(entries, features, vocab, seed=seed, spec_augment=spec_augment)

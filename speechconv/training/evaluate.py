@@ -15,6 +15,7 @@ from speechconv.config import Config
 from speechconv.data import Batch
 from speechconv.metrics import cer, wer
 from speechconv.text import CharVocabulary
+from speechconv.training.runlog import say
 
 
 @dataclass
@@ -67,7 +68,7 @@ def run_eval(cfg: Config) -> int:
     result.rows.sort(key=lambda r: r["audio_filepath"])
     out = Path(cfg.checkpoint).resolve().parent / f"hypotheses_{Path(cfg.data.test_manifest).stem}.jsonl"
     atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in result.rows))
-    print(f"{cfg.data.test_manifest}: {len(result.rows)} utterances  WER {100 * result.wer:.2f}%  "
-          f"CER {100 * result.cer:.2f}%  loss {result.loss:.4f}")
-    print(f"hypotheses: {out}")
+    say(f"{cfg.data.test_manifest}: {len(result.rows)} utterances  WER {100 * result.wer:.2f}%  "
+        f"CER {100 * result.cer:.2f}%  loss {result.loss:.4f}")
+    say(f"hypotheses: {out}")
     return 0

@@ -32,6 +32,7 @@ import random
 import signal
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,7 @@ from speechconv.training.logging import MetricsLogger
 from speechconv.training.nonfinite import NonFiniteError, NonFiniteGuard, describe_batch
 from speechconv.training.outputs import check_writable, remove_stale_temporaries, writing
 from speechconv.training.plots import plot_curves
+from speechconv.training.runlog import run_log, say
 from speechconv.training.sharding import ShardedBatchSampler, loss_units, shard
 from speechconv.training.signals import StopSignals
 from speechconv.training.state import Position, nonfinite_tensors, restore, snapshot
@@ -131,7 +133,9 @@ def train(cfg: Config, out_dir: str | Path) -> TrainResult:
         torch.set_num_threads(cfg.trainer.num_threads)
     ctx = init_distributed(cfg.trainer)
     try:
-        return _train(cfg, Path(ctx.broadcast(str(out_dir))), ctx)
+        out_dir = Path(ctx.broadcast(str(out_dir)))
+        with run_log(out_dir) if ctx.is_main else nullcontext():
+            return _train(cfg, out_dir, ctx)
     finally:
         ctx.close()
 
@@ -236,7 +240,7 @@ def _train(cfg: Config, out_dir: Path, ctx: DistContext) -> TrainResult:
                                 valid_batches = list(loader(data.valid, cfg.data, vocab))
                                 result.plots += _plot_features(valid_batches[0], out_dir, cfg.features.hop_ms)
                             _validate(model, valid_batches, vocab, max_len, device, step, epoch, start, result,
-                                      logger, bar)
+                                      logger)
                         if validate or (trainer.checkpoint_every and step % trainer.checkpoint_every == 0):
                             save(consumed)
                     if stopping or step >= trainer.max_steps:
@@ -287,7 +291,7 @@ def _describe(data: TrainData, ctx: DistContext, batch: Batch, epoch: int, posit
 
 def _say(ctx: DistContext, text: str) -> None:
     if ctx.is_main:
-        print(text)
+        say(text)
 
 
 def _plot_features(batch: Batch, out_dir: Path, hop_ms: float) -> list[Path]:
@@ -297,24 +301,24 @@ def _plot_features(batch: Batch, out_dir: Path, hop_ms: float) -> list[Path]:
 
 
 def _validate(model: nn.Module, batches: list[Batch], vocab: CharVocabulary, max_len: int, device: torch.device,
-              step: int, epoch: int, start: float, result: TrainResult, logger: MetricsLogger, bar: tqdm) -> None:
+              step: int, epoch: int, start: float, result: TrainResult, logger: MetricsLogger) -> None:
     """Validation loss and greedy WER/CER (rank 0 only), logged and printed."""
     ev = evaluate(model, batches, vocab, max_len, device)
     result.valid.append({"step": step, "loss": ev.loss, "wer": ev.wer, "cer": ev.cer})
     logger.log(step, "valid", epoch=epoch, loss=ev.loss, wer=ev.wer, cer=ev.cer, elapsed_s=time.perf_counter() - start)
-    bar.write(f"step {step}: valid loss {ev.loss:.4f}  WER {100 * ev.wer:.2f}%  CER {100 * ev.cer:.2f}%"
-              f"  e.g. '{ev.rows[0]['hypothesis']}' for '{ev.rows[0]['reference']}'")
+    say(f"step {step}: valid loss {ev.loss:.4f}  WER {100 * ev.wer:.2f}%  CER {100 * ev.cer:.2f}%"
+        f"  e.g. '{ev.rows[0]['hypothesis']}' for '{ev.rows[0]['reference']}'")
 
 
 def _print_summary(result: TrainResult, out_dir: Path) -> None:
     steps = max(result.steps, 1)
     last = result.valid[-1] if result.valid else {}
     loop_s = result.data_s + result.compute_s
-    print(f"done: {result.steps} steps in {result.wall_s:.1f} s wall ({result.steps / max(result.wall_s, 1e-9):.2f} "
-          f"steps/s); per step {1000 * loop_s / steps:.0f} ms = {1000 * result.data_s / steps:.0f} ms waiting for "
-          f"data ({100 * result.data_s / max(loop_s, 1e-9):.1f}%) + {1000 * result.compute_s / steps:.0f} ms compute")
+    say(f"done: {result.steps} steps in {result.wall_s:.1f} s wall ({result.steps / max(result.wall_s, 1e-9):.2f} "
+        f"steps/s); per step {1000 * loop_s / steps:.0f} ms = {1000 * result.data_s / steps:.0f} ms waiting for "
+        f"data ({100 * result.data_s / max(loop_s, 1e-9):.1f}%) + {1000 * result.compute_s / steps:.0f} ms compute")
     if last:
-        print(f"final validation: WER {100 * last['wer']:.2f}%  CER {100 * last['cer']:.2f}%  loss {last['loss']:.4f}")
-    print(f"checkpoint: {result.checkpoint}")
-    print(f"metrics: {out_dir / 'metrics.csv'}  tensorboard: {out_dir / 'tensorboard'}")
-    print("plots: " + "  ".join(str(p) for p in result.plots))
+        say(f"final validation: WER {100 * last['wer']:.2f}%  CER {100 * last['cer']:.2f}%  loss {last['loss']:.4f}")
+    say(f"checkpoint: {result.checkpoint}")
+    say(f"metrics: {out_dir / 'metrics.csv'}  tensorboard: {out_dir / 'tensorboard'}")
+    say("plots: " + "  ".join(str(p) for p in result.plots))

@@ -15,12 +15,12 @@ state or a checkpoint (``trainer.nonfinite``):
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable, Sequence
 
 from torch.utils.data import Dataset
 
 from speechconv.data import Batch
+from speechconv.training.runlog import say
 
 
 class NonFiniteError(FloatingPointError):
@@ -74,7 +74,7 @@ class NonFiniteGuard:
                 f"(trainer.max_skips={self.max_skips}); the model has diverged: lower trainer.lr and resume "
                 "from the last checkpoint or start again")
         if self.verbose:
-            print(f"warning: {place}; skipped the batch ({self.skipped} skipped so far)", file=sys.stderr)
+            say(f"warning: {place}; skipped the batch ({self.skipped} skipped so far)", err=True)
         return False
 
     def updated(self) -> None:

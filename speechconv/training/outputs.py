@@ -21,6 +21,10 @@ class OutputError(RuntimeError):
     """A file of the run could not be written; the message names it, the reason and the fix."""
 
 
+class RunFolderError(OutputError):
+    """The run folder itself cannot be written: nothing goes into it, not even ``train.log``."""
+
+
 def reason(exc: OSError) -> str:
     """``ENOSPC (No space left on device)``, or the message when the error has no errno."""
     if exc.errno is None and isinstance(exc.__cause__, OSError):  # speechconv.atomic re-raises with the folder
@@ -43,7 +47,7 @@ def check_writable(folder: str | os.PathLike) -> None:
     """Create ``folder`` if needed and write (then remove) a small file in it.
 
     Raises:
-        OutputError: naming the folder, the reason and the fix.
+        RunFolderError: naming the folder, the reason and the fix.
     """
     path = Path(folder)
     try:
@@ -56,7 +60,7 @@ def check_writable(folder: str | os.PathLike) -> None:
             os.close(fd)
             os.unlink(name)
     except OSError as exc:
-        raise OutputError(f"run folder {path} is not writable: {reason(exc)}; {fix(exc)}") from exc
+        raise RunFolderError(f"run folder {path} is not writable: {reason(exc)}; {fix(exc)}") from exc
 
 
 RUN_FILES = ("last.pt", "metrics.csv", "loss.png", "wer.png", "features.png")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import torch
 
 from speechconv.config import Config
+from speechconv.training.runlog import say
 
 
 def run_transcribe(cfg: Config) -> int:
@@ -27,7 +26,7 @@ def run_transcribe(cfg: Config) -> int:
                                           length.reshape(1).to(cfg.trainer.device), run_cfg.model.max_decode_len)
         except (ValueError, OSError) as exc:  # AudioError is a ValueError; too-short audio too
             failed += 1
-            print(f"error: {path}: {exc}", file=sys.stderr)
+            say(f"error: {path}: {exc}", err=True)
             continue
-        print(f"{path}\t{' '.join(vocab.decode(ids[0]).split())}", flush=True)
+        say(f"{path}\t{' '.join(vocab.decode(ids[0]).split())}")
     return 1 if failed else 0
