@@ -247,11 +247,13 @@ def spectrum_to_log_mel(spec: torch.Tensor, mel: torch.Tensor, power: float, log
                         blocks: MelBlocks | None, out: torch.Tensor) -> torch.Tensor:
     """Complex spectrum ``(b, t, n_fft//2+1)`` -> log mel energies written into ``out`` ``(b, t, F)``.
 
-    The power is squared on the contiguous ``view_as_real`` and the two halves added:
-    measured 1.35x faster than ``re*re + im*im`` on the strided real and imaginary
-    views, and no square root as ``abs()**2`` would take.
+    ``spec`` is overwritten (the callers' temporary).  The power is squared in place on
+    the contiguous ``view_as_real`` and the two halves added: measured 1.35x faster than
+    ``re*re + im*im`` on the strided real and imaginary views, no square root as
+    ``abs()**2`` would take, and squaring in place rather than into a new tensor made
+    the whole pipeline 2-4% faster at 1 thread (interleaved A/B, same values bit for bit).
     """
-    squares = torch.view_as_real(spec).square()  # (b, t, K) complex -> (b, t, K, 2)
+    squares = torch.view_as_real(spec).square_()  # (b, t, K) complex -> (b, t, K, 2), in place
     energy = torch.add(squares[..., 0], squares[..., 1])  # (b, t, K)
     if power == 1.0:
         energy = energy.sqrt_()
