@@ -1,7 +1,9 @@
 """Benchmark: speechconv's feature stage against the usual ways of computing the same features.
 
-Run: ``.venv/bin/python bench/features.py`` (about 3 minutes; ``--quick`` for a smoke
-run, ``--repeats N`` for more rounds).  A benchmark, not a test: it asserts nothing.
+Run: ``.venv/bin/python bench/features.py`` (about 2.5 minutes; ``--quick`` for a smoke
+run, ``--repeats N`` for more or fewer rounds: each round times every method once on
+10 minutes of audio, about 0.1-0.3 s per method at these speeds, so single rounds
+swing by 10-30% and the default takes the median of 15).  A benchmark, not a test: it asserts nothing.
 
 Audio: 10 minutes of real speech for each utterance length, made by concatenating the
 bundled clips (data/fixtures, then the spoken digits of data/fsdd, or
@@ -242,7 +244,7 @@ def peak_rss_for_one_hour(pool: torch.Tensor, folder: Path) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="60 s of audio per length, 1 round, no RSS run")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds (median reported)")
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved timing rounds (median reported)")
     args = parser.parse_args()
     total = 60.0 if args.quick else 600.0
     repeats = 1 if args.quick else args.repeats
