@@ -57,8 +57,8 @@ def say(text: str, *, err: bool = False, echo: bool = True, log: bool = True) ->
     path = _folders[-1] / "train.log"
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     try:
-        with open(path, "a", encoding="utf-8") as log:
-            log.writelines(f"[{stamp}] {line}\n" for line in text.splitlines() or [""])
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.writelines(f"[{stamp}] {line}\n" for line in text.splitlines() or [""])
     except OSError as exc:
         _folders[-1] = None
         if not err:
