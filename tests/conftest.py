@@ -21,6 +21,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 
 @pytest.fixture(scope="session")
+def fsdd(tmp_path_factory) -> Path:
+    """A tiny spoken-digit folder (links to 20 bundled clips) for training runs."""
+    from train_helpers import tiny_fsdd
+
+    return tiny_fsdd(tmp_path_factory.mktemp("fsdd"))
+
+
+@pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
 

@@ -29,7 +29,6 @@ from train_helpers import (
     shared_once,
     start,
     stop,
-    tiny_fsdd,
     torchrun_cmd,
 )
 
@@ -42,11 +41,6 @@ LOSS_RTOL = 1e-5
 """DDP vs one process, per step: the same sums in another order (batch-norm statistics
 over two ranks, shard losses weighted and summed, gradients all-reduced), compounded over
 16 AdamW steps and a resume; measured: at most 1.5e-7 relative on these runs."""
-
-
-@pytest.fixture(scope="module")
-def fsdd(tmp_path_factory):
-    return tiny_fsdd(tmp_path_factory.mktemp("fsdd"))
 
 
 @pytest.fixture(scope="module")

@@ -34,11 +34,6 @@ COMPARED_STATE = ("model", "optimizer", "scheduler", "sampler", "step", "rng")
 
 
 @pytest.fixture(scope="module")
-def fsdd(tmp_path_factory):
-    return tiny_fsdd(tmp_path_factory.mktemp("fsdd"))
-
-
-@pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The uninterrupted run, in-process (same config, seed and thread count as the
     subprocesses), made once per session."""

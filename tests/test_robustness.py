@@ -15,23 +15,13 @@ import tempfile
 
 import pytest
 import torch
-from train_helpers import RUN, checkpoint_step, metric_rows, tiny_fsdd
+from train_helpers import checkpoint_step, metric_rows
+from train_helpers import in_process_config as config
 
 from speechconv.config import ConfigError, compose, validate
 from speechconv.models import CTCModel
 from speechconv.training import loop, main
 from speechconv.training.state import nonfinite_tensors
-
-SMALL = [o for o in RUN if not o.startswith(("trainer.max_steps", "trainer.num_threads"))] + ["trainer.max_steps=6"]
-
-
-@pytest.fixture(scope="module")
-def fsdd(tmp_path_factory):
-    return tiny_fsdd(tmp_path_factory.mktemp("fsdd"))
-
-
-def config(fsdd, *extra: str):
-    return validate(compose([*SMALL, f"data.fsdd_dir={fsdd}", *extra]))
 
 
 class _NanGrad(torch.autograd.Function):

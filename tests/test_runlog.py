@@ -6,25 +6,12 @@ from __future__ import annotations
 import re
 
 import pytest
-from train_helpers import RUN, tiny_fsdd
+from train_helpers import in_process_config as config
 
-from speechconv.config import compose, validate
 from speechconv.training import loop, main
 from speechconv.training.runlog import run_log, say
 
 STAMP = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] ")
-SMALL = [o for o in RUN if not o.startswith("trainer.max_steps")] + ["trainer.max_steps=4"]
-
-
-@pytest.fixture(scope="module")
-def fsdd(tmp_path_factory):
-    return tiny_fsdd(tmp_path_factory.mktemp("fsdd"))
-
-
-def config(fsdd, *extra: str):
-    return validate(compose([*SMALL, f"data.fsdd_dir={fsdd}", *extra]))
-
-
 def logged(folder) -> list[str]:
     """The lines of ``folder/train.log`` without their timestamps (each must have one)."""
     lines = (folder / "train.log").read_text().splitlines()

@@ -25,6 +25,8 @@ MAX_STEPS = 16
 RUN = ["data.train_size=6", "data.valid_size=3", "data.num_workers=0", "data.max_digits=2", "data.max_batch_size=2",
        f"trainer.max_steps={MAX_STEPS}", "trainer.val_every=8", "trainer.checkpoint_every=2", "trainer.log_every=1",
        "trainer.progress=false", "trainer.num_threads=1", "model.hidden=16", "model.projection=16"]
+IN_PROCESS = [o for o in RUN if not o.startswith(("trainer.max_steps", "trainer.num_threads"))]
+""":data:`RUN` for runs inside the pytest process, which keep its thread count (conftest)."""
 COMPARED = ("step", "split", "epoch", "loss", "lr", "wer", "cer", "skipped")
 """metrics.csv columns that must match between runs (the others are timings)."""
 
@@ -54,6 +56,13 @@ def tiny_fsdd(folder: Path) -> Path:
             if not link.exists():
                 link.symlink_to(FSDD / f"{digit}_jackson_{take}.flac")
     return folder
+
+
+def in_process_config(fsdd: Path, *extra: str, max_steps: int = 6) -> Any:
+    """A validated :data:`IN_PROCESS` config of ``max_steps`` on the ``fsdd`` folder, plus ``extra`` overrides."""
+    from speechconv.config import compose, validate
+
+    return validate(compose([*IN_PROCESS, f"trainer.max_steps={max_steps}", f"data.fsdd_dir={fsdd}", *extra]))
 
 
 def free_port() -> int:
