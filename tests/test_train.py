@@ -178,7 +178,8 @@ def test_ctc_model_loss_matches_torch_ctc_on_the_encoder_lengths():
         / target_lengths[b]
         for b in range(2)
     ]
-    assert float(model(features, lengths, targets, target_lengths).detach()) == pytest.approx(float(sum(per_utt).detach() / 2), rel=1e-5)
+    loss = float(model(features, lengths, targets, target_lengths).detach())
+    assert loss == pytest.approx(float(sum(per_utt).detach() / 2), rel=1e-5)
     # too short for its target (4 output frames, 9 labels with repeats): zero_infinity gives 0, not inf
     long_target = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1, 1]])
     assert float(model(features[:1, :16], torch.tensor([16]), long_target, torch.tensor([9])).detach()) == 0.0
