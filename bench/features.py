@@ -29,10 +29,14 @@ Rows (every one makes 80 log-mel bins + delta + delta-delta from the same audio)
 
 Numbers are real-time factors (seconds of audio per wall-clock second); each row is
 timed in interleaved rounds (every method once per round, ``--repeats`` rounds) and the
-median is reported, so a burst of load from other processes hits all rows alike.  The
-ratio columns are speechconv's RTF over each row's (torchaudio backend against the
-torch/librosa rows, kaldi backend against the Kaldi rows).  librosa and
-kaldi-native-fbank do not use torch's threads.
+median is reported, so a burst of load from other processes hits all rows alike.
+Threads: a column's thread count applies to every row: torch's intra-op threads
+(``torch.set_num_threads``) and the BLAS pool numpy brings (OpenBLAS, limited with
+``threadpoolctl``), which librosa's mel product runs on.  Without the limit that product
+used both cores in the 1-thread columns too (measured: librosa 3-5% faster there).
+The FFTs of librosa (scipy.fft, one worker by default) and kaldi-native-fbank run on one
+thread.  The ratio columns are speechconv's RTF over each row's (torchaudio backend
+against the torch/librosa rows, kaldi backend against the Kaldi rows).
 
 Memory: a subprocess extracts features for a manifest of 1 hour of audio (360 files of
 10 s, batches of 16) and reports its peak RSS (``VmHWM`` of /proc/self/status: unlike
@@ -66,6 +70,7 @@ import torch
 import torchaudio
 import torchaudio.compliance.kaldi as ta_kaldi
 import torchaudio.functional as AF
+from threadpoolctl import threadpool_limits
 
 from speechconv import FeatureConfig
 from speechconv.audio import load_audio
@@ -275,7 +280,9 @@ def main() -> int:
         torch.set_num_threads(threads)
         utts = utterances(pool, seconds, total)
         audio = sum(u.numel() for u in utts) / RATE
-        rtf[threads, seconds] = {k: audio / v for k, v in time_interleaved(methods, utts, repeats).items()}
+        with threadpool_limits(threads):  # numpy's BLAS (librosa's mel product) gets the same threads as torch
+            times = time_interleaved(methods, utts, repeats)
+        rtf[threads, seconds] = {k: audio / v for k, v in times.items()}
 
     header = f"{'method':34s}" + "".join(f"  {f'{t}T {s}s':>8s}" for t, s in columns)
     print("real-time factor (x real time)")

@@ -214,32 +214,40 @@ def mel_blocks(mel: torch.Tensor, max_blocks: int = 4) -> MelBlocks:
     return tuple(reversed(blocks))
 
 
+ROW_PAD = 16
+"""Extra floats at the end of each row of :func:`apply_mel`'s ``(F, rows)`` buffer.  At
+1024 frames a row is exactly 4 KB, and rows 4 KB apart share cache sets: the blocks'
+writes and the transposing copy then miss the cache (measured on 60 s utterances, whose
+chunks are 1024 frames: 3-5% slower than the untransposed product without the pad, 3%
+faster with it)."""
+
+
 def apply_mel(energy: torch.Tensor, mel: torch.Tensor, blocks: MelBlocks | None = None,
               out: torch.Tensor | None = None) -> torch.Tensor:
     """Mel energies ``(b, t, K) @ (K, F) -> (b, t, F)``, by blocks when given (:func:`mel_blocks`).
 
-    With ``out`` the products are written into it when its ``(b, t)`` dims flatten to
-    one (one utterance, or whole contiguous rows), else computed aside and copied.
+    The blocks are computed transposed, ``mel[lo:hi, a:b]^T @ energy[:, lo:hi]^T`` into
+    ``(F, b*t)``, and copied back transposed: with the frames as the long output rows
+    MKL runs the narrow blocks (14-28 bands) 1.6x faster than as ``(b*t, 14..28)``
+    outputs, which pays for the copy (whole pipeline at 1 thread, two interleaved A/B
+    runs over 3, 10 and 60 s utterances and both backends: 3-9% faster in 11 of the 12
+    cells, the same values bit for bit).  ``out`` (may be a strided view) receives the
+    products; without it a new tensor is returned.
     """
-    target = out
-    if out is not None:
-        try:
-            target = out.view(-1, out.shape[-1])  # (b, t, F) -> (b*t, F)
-        except RuntimeError:
-            target = None  # rows of a padded batch are not adjacent: compute aside, copy below
     flat = energy.reshape(-1, energy.shape[-1])  # (b, t, K) -> (b*t, K), a view of the contiguous energy
-    if target is None:
-        target = flat.new_empty(flat.shape[0], mel.shape[1])
+    shape = (*energy.shape[:-1], mel.shape[1])
+    out = flat.new_empty(shape) if out is None else out
     if blocks is None:
-        torch.mm(flat, mel, out=target)
-    else:
-        for lo, hi, a, b in blocks:
-            torch.mm(flat[:, lo:hi], mel[lo:hi, a:b], out=target[:, a:b])
-    result = target.view(*energy.shape[:-1], mel.shape[1])  # (b*t, F) -> (b, t, F)
-    if out is None:
-        return result
-    if result.data_ptr() != out.data_ptr():
-        out.copy_(result)
+        try:
+            torch.mm(flat, mel, out=out.view(-1, mel.shape[1]))  # (b*t, F), when out's rows are adjacent
+        except RuntimeError:
+            out.copy_(torch.mm(flat, mel).view(shape))  # rows of a padded batch: compute aside, copy
+        return out
+    rows = flat.shape[0]
+    transposed = flat.new_empty(mel.shape[1], rows + ROW_PAD)[:, :rows]  # (F, b*t), rows ROW_PAD apart
+    for lo, hi, a, b in blocks:
+        torch.mm(mel[lo:hi, a:b].t(), flat[:, lo:hi].t(), out=transposed[a:b])
+    out.copy_(transposed.t().view(shape))  # (F, b*t) -> (b, t, F)
     return out
 
 

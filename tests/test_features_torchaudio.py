@@ -11,7 +11,7 @@ import torch
 import torchaudio.functional as AF
 
 from speechconv import FeatureConfig
-from speechconv.fbank import mel_blocks, mel_matrix
+from speechconv.fbank import apply_mel, mel_blocks, mel_matrix
 from speechconv.feature_config import FLT_EPSILON
 from speechconv.features import LogMelDeltas
 from tests.conftest import SPEECH_CLIPS
@@ -92,6 +92,19 @@ def test_mel_matrix_is_torchaudios_and_blocks_lose_nothing(scale, norm):
         covered[lo:hi, a:b] = True
     assert not (mel != 0)[~covered].any(), "a nonzero weight lies outside every block"
     energy = torch.rand(3, 7, 257)
-    from speechconv.fbank import apply_mel
-
     torch.testing.assert_close(apply_mel(energy, mel, mel_blocks(mel)), energy @ mel, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 1024, 1030])
+@pytest.mark.parametrize("blocked", [True, False])
+def test_apply_mel_writes_into_strided_views(rows, blocked):
+    """``out`` as the static part of an edge buffer (rows of a batch not adjacent), with
+    and without blocks, at chunk sizes around 1024 (the padded transposed buffer)."""
+    mel = mel_matrix(FeatureConfig())
+    energy = torch.rand(2, rows, 257)
+    buffer = torch.full((2, rows + 6, 80), 7.0)
+    out = buffer[:, 3 : 3 + rows]
+    result = apply_mel(energy, mel, mel_blocks(mel) if blocked else None, out=out)
+    assert result.data_ptr() == out.data_ptr()
+    torch.testing.assert_close(out, energy @ mel, rtol=1e-5, atol=1e-6)
+    assert (buffer[:, :3] == 7.0).all() and (buffer[:, 3 + rows :] == 7.0).all(), "wrote outside out"
