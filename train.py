@@ -13,14 +13,22 @@ Configs: ``configs/`` (schemas in ``speechconv/config.py``).  Everything else is
 
 from __future__ import annotations
 
+import os
 import sys
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+# Set before torch is imported (PyTorch reads it once per process): CPU tensors of 2 MB
+# or more get 2 MB pages (madvise), so a fresh batch-sized tensor costs a few page
+# faults instead of thousands.  Same values, faster steps: make run's 128 ms per step
+# against 133 ms; bench/encoder.py's training steps a third to a half shorter.  An
+# explicit THP_MEM_ALLOC_ENABLE=0 in the environment is kept.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from speechconv.config import register_configs
-from speechconv.training import main as run_job
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from speechconv.config import register_configs  # noqa: E402
+from speechconv.training import main as run_job  # noqa: E402
 
 register_configs()
 
