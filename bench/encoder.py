@@ -22,34 +22,35 @@ Every row at B=16, T=1000, 80 x 3 input:
 Modes: ``eval`` is a forward pass under ``torch.inference_mode``; ``train`` is forward +
 backward of ``out.sum()`` in train mode.  Columns: input frames per second (B*T per
 iteration, padded frames included), the ratio to ``plain`` and to ``plain-cl`` at the same
-thread count (variants are timed in interleaved rounds, medians reported), achieved GFLOP/s (2 FLOPs per multiply-add, counted from the layer shapes;
-backward counted as twice the forward: the input and weight gradients), and that as a
-percentage of a float32 matmul peak measured in the same run with a large ``torch.mm``.
+thread count (variants are timed in interleaved rounds, medians reported), achieved
+GFLOP/s (2 FLOPs per multiply-add, counted from the layer shapes; backward counted as
+twice the forward: the input and weight gradients), and that as a percentage of a
+float32 matmul peak measured in the same run with a large ``torch.mm``.
 
-Reading the train rows: on CPU these layers are memory-bound, and where a fresh large
-tensor costs page faults (measured on the development VM: ~15-25 ms to allocate and
-touch 41 MB, ~2 ms to copy into existing memory) time follows the count of new
-batch-sized tensors per step.  The masked encoder adds the zero-padded buffer before
-the second conv and its gradient (the first conv's buffer is small: 3 channels); it
-saves one in the backward of each batch norm, whose ReLU is fused into a hand-written
-backward (``speechconv.masking._MaskedBatchNormFn``: per-utterance reductions over the
-valid frames, no gather), and ``nn.BatchNorm2d``'s backward on 4-D channels_last
-tensors is itself slow (~20 ms for the first layer at 1 thread).
-``MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736`` (glibc reuses
-freed memory) speeds up every variant, and so do huge pages (the second table), which
-take most of the cost of a fresh tensor away: on this VM (``madvise`` THP mode) they
-cut every variant's training step by a third to a half.  They also shrink what the
-masked encoder gains from allocating less, so its ratios to ``plain`` and ``plain-cl``
-are lower in the second table: there the copies into the per-utterance padded buffers
-(one batch-sized buffer per conv, filled with zeros, then the valid frames) are what
-masking costs.
+Reading the rows: on CPU these layers are memory-bound, and where a fresh large tensor
+costs page faults (4 KB pages; measured on the development VM: ~15-25 ms to allocate
+and touch 41 MB, ~2 ms to copy into existing memory) time follows the count of new
+batch-sized tensors per step.  The masked encoder needs a zero-padded input buffer per
+conv (per-utterance SAME offsets), but its first layer writes its batch-norm + ReLU
+output straight into the second conv's buffer (``speechconv.encoder.ConvBranch``), so
+that buffer replaces the output rather than adding to it, and the backward reads the
+gradient out of it per utterance; the batch norm's backward is hand-written
+(``speechconv.masking._MaskedBatchNormFn``: per-utterance reductions over the valid
+frames, the ReLU fused, one new tensor), where ``nn.BatchNorm2d``'s backward on 4-D
+channels_last tensors is itself slow (~20 ms for the first layer at 1 thread).  In
+eval the norm is folded into the conv.  Huge pages (the second table) take most of the
+cost of a fresh tensor away: on this VM (``madvise`` THP mode) they cut every variant's
+time by a third to a half, and shrink what the masked encoder gains from allocating
+less, so its ratios are lower there; ``plain-cl`` itself is then only 1.2-1.4x
+``plain``.
 
 Two threads on a loaded machine: every op big enough to run in parallel waits for
 both threads, and a descheduled thread costs up to a scheduler time slice.  The masked
 encoder runs per-utterance loops (a few hundred such ops per training step, against
 about twenty for ``plain``), so its 2-thread rows swing by several times when other
-jobs hold the cores (eval included, whose code path is older); judge them on an idle
-machine, or by the 1-thread rows.
+jobs hold the cores; judge them on an idle machine, or by the 1-thread rows.  Even
+idle, a 2-thread eval step of the masked encoder (about a hundred such ops) runs 5-8%
+behind ``plain-cl``, where at 1 thread it is 5-8% ahead.
 """
 
 from __future__ import annotations

@@ -171,18 +171,85 @@ def pad_per_utterance(
 def _pad_copy(
     x: torch.Tensor, lens: list[int], offsets: list[int], out_time: int, freq_before: int, freq_after: int
 ) -> torch.Tensor:
-    """:func:`pad_per_utterance` outside autograd, one slice copy per utterance.
+    """:func:`pad_per_utterance` outside autograd, one slice copy per utterance into a
+    buffer of which only the margins are zeroed (:func:`placed_buffer`).
 
     ``x`` ``(B, C, T, F)`` -> ``(B, C, out_time, freq_before + F + freq_after)``, channels_last."""
-    b_size, c_size, t_size, f_size = x.shape
-    f_pad = freq_before + f_size + freq_after
-    buf = conv_layout(x.new_zeros((b_size, out_time, f_pad, c_size)))  # (B, C, T, F), channels_last
-    for b in range(b_size):
-        n = min(lens[b], out_time - offsets[b])
+    rows = x.permute(0, 2, 3, 1)  # (B, C, T, F) -> (B, T, F, C), a view
+    buf, counts = placed_buffer(rows, lens, (offsets, out_time, freq_before, freq_after))
+    f_size = rows.shape[2]
+    for b, n in enumerate(counts):
         if n > 0:
-            p = offsets[b]
-            buf[b, :, p : p + n, freq_before : freq_before + f_size].copy_(x[b, :, :n])
-    return buf
+            buf[b, offsets[b] : offsets[b] + n, freq_before : freq_before + f_size].copy_(rows[b, :n])
+    return buf.permute(0, 3, 1, 2)  # (B, T, F, C) -> (B, C, T, F), channels_last strides
+
+
+Placement = tuple[list[int], int, int, int]
+"""Where a layer's output goes in the next conv's input buffer, as :func:`pad_per_utterance`
+would place it: ``(offsets, out_time, freq_before, freq_after)``, the per-utterance time
+offsets (``B`` ints), the buffer's time size and the zero rows before and after along
+frequency.  Writing a layer's output straight into that buffer saves the encoder one
+batch-sized tensor and two passes per conv (see :mod:`speechconv.encoder`)."""
+
+
+def placed_buffer(rows: torch.Tensor, lens: list[int], place: Placement) -> tuple[torch.Tensor, list[int]]:
+    """An uninitialised buffer for ``rows`` placed by ``place``, its margins zeroed.
+
+    Args:
+        rows: ``(B, T, F, C)`` the frames to be placed (only the shape is read).
+        lens: ``B`` valid frames per utterance.
+        place: the :data:`Placement`.
+
+    Returns:
+        ``(buf, counts)``: ``buf`` ``(B, out_time, freq_before + F + freq_after, C)``, zero
+        everywhere except utterance ``b``'s rectangle ``[offsets[b], offsets[b] + counts[b])
+        x [freq_before, freq_before + F)``, which the caller fills; ``counts[b] =
+        min(lens[b], out_time - offsets[b])`` frames (later ones would lie past the buffer,
+        where no conv output reads them).
+    """
+    offsets, out_time, fb, fa = place
+    b_size, _, f_size, c_size = rows.shape
+    buf = rows.new_empty((b_size, out_time, fb + f_size + fa, c_size))
+    counts: list[int] = []
+    for b in range(b_size):
+        p = offsets[b]
+        n = max(min(lens[b], out_time - p), 0)
+        counts.append(n)
+        buf[b, :p].zero_()
+        buf[b, p + n :].zero_()
+        if n > 0 and fb > 0:
+            buf[b, p : p + n, :fb].zero_()
+        if n > 0 and fa > 0:
+            buf[b, p : p + n, fb + f_size :].zero_()
+    return buf, counts
+
+
+def place_frames(x: torch.Tensor, lens: list[int], place: Placement, relu: bool) -> torch.Tensor:
+    """Outside autograd: ``x``'s valid frames, ReLU applied when ``relu``, written into the
+    next conv's zero-padded buffer, the same tensor as ``pad_per_utterance(relu(x), ...)``.
+
+    ``x`` ``(B, C, T, F)``, ``lens`` ``B`` ints, ``place`` a :data:`Placement` ->
+    ``(B, C, out_time, freq_before + F + freq_after)`` with channels_last strides."""
+    rows = x.permute(0, 2, 3, 1)  # (B, C, T, F) -> (B, T, F, C), a view
+    buf, counts = placed_buffer(rows, lens, place)
+    offsets, _, fb, _ = place
+    f_size = rows.shape[2]
+    for b, n in enumerate(counts):
+        if n > 0:
+            dst = buf[b, offsets[b] : offsets[b] + n, fb : fb + f_size]
+            if relu:
+                torch.clamp_min(rows[b, :n], 0.0, out=dst)
+            else:
+                dst.copy_(rows[b, :n])
+    return buf.permute(0, 3, 1, 2)  # (B, T, F, C) -> (B, C, T, F), channels_last strides
+
+
+def pad_to_placement(y: torch.Tensor, lens: list[int], place: Placement) -> torch.Tensor:
+    """:func:`pad_per_utterance` of ``y`` ``(B, C, T, F)`` by a :data:`Placement` (any
+    norm that cannot write into the buffer itself falls back to this; autograd-safe)."""
+    offsets, out_time, fb, fa = place
+    lengths = torch.tensor(lens, device=y.device)
+    return pad_per_utterance(y, lengths, torch.tensor(offsets, device=y.device), out_time, fb, fa)
 
 
 class _PadPerUtterance(torch.autograd.Function):
@@ -296,13 +363,21 @@ def _normalise(
     ``addcmul`` (one new tensor); ``mean``, ``var``, ``weight``, ``bias`` ``(C,)``.
 
     Shared by the eager and the TorchScript paths so that both give the same values."""
+    scale, shift = _affine(mean, var, weight, bias, eps)
+    return torch.addcmul(shift, rows, scale)
+
+
+def _affine(
+    mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch norm as ``x * scale + shift``: ``(C,)`` statistics and parameters -> ``(C,)``, ``(C,)``."""
     scale = torch.rsqrt(var + eps)
     if weight is not None:
         scale = scale * weight
     shift = -mean * scale
     if bias is not None:
         shift = shift + bias
-    return torch.addcmul(shift, rows, scale)
+    return scale, shift
 
 
 class _MaskedBatchNormFn(torch.autograd.Function):
@@ -310,33 +385,52 @@ class _MaskedBatchNormFn(torch.autograd.Function):
 
     Statistics: mean, then biased variance as ``sum (x - mean)^2`` (two passes, as stable
     as the native kernel's), over every valid ``(b, t)`` and all ``f``, by
-    :func:`_channel_sums`.  Output: the native eval-mode kernel with the batch's
-    statistics (one new tensor), ReLU in place, and zeros written on padding frames.
+    :func:`_channel_sums`.  Output, without a placement: the native eval-mode kernel with
+    the batch's statistics (one new tensor), ReLU in place, and zeros written on padding
+    frames.  With a :data:`Placement`: the same values written per utterance straight into
+    the next conv's zero-padded input buffer (:func:`placed_buffer`), so the encoder needs
+    neither this output nor the copy :func:`pad_per_utterance` would make of it.
 
     Backward, with ``N`` valid values per channel, ``xhat = (x - mean) * invstd``,
     ``k = gamma * invstd`` and ``g`` the output gradient (after the ReLU's mask):
     ``dgamma = sum g xhat``, ``dbeta = sum g`` (valid frames only) and, on valid frames,
-    ``dx = k g - k dbeta / N - k xhat dgamma / N = k g + c2 x + c1`` with per-channel
-    ``c2 = -k invstd dgamma / N``, ``c1 = -k dbeta / N - c2 mean``; zero on padding.
-    Fusing the ReLU lets its masked gradient be the one new tensor of the backward
-    (the rest is in place), where autograd of ReLU then batch norm allocates two.
+    ``dx = k g + c2 x + c1`` with per-channel ``c2 = -k invstd dgamma / N``,
+    ``c1 = -k dbeta / N - c2 mean``; zero on padding.  Fusing the ReLU lets its masked
+    gradient be the one new tensor of the backward (the rest is in place), where autograd
+    of ReLU then batch norm allocates two; with a placement that gradient is read out of
+    the buffer's gradient per utterance (frames dropped past the buffer get zero).
 
-    Shapes: ``forward(x, weight, bias, lens, eps, relu)``: ``x`` ``(B, C, T, F)``,
-    ``weight``, ``bias`` ``(C,)`` or None, ``lens`` ``B`` ints -> ``out`` ``(B, C, T, F)``
-    channels_last, and ``mean``, ``var`` (biased) ``(C,)`` (not differentiable).
+    Shapes: ``forward(x, weight, bias, lens, eps, relu, place)``: ``x`` ``(B, C, T, F)``,
+    ``weight``, ``bias`` ``(C,)`` or None, ``lens`` ``B`` ints, ``place`` a
+    :data:`Placement` or None -> ``out`` ``(B, C, T, F)`` (placed:
+    ``(B, C, out_time, F_pad)``) channels_last, and ``mean``, ``var`` (biased) ``(C,)``
+    (not differentiable).
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, lens, eps, relu):  # noqa: ANN001, ANN205
+    def forward(ctx, x, weight, bias, lens, eps, relu, place):  # noqa: ANN001, ANN205
         rows = x.permute(0, 2, 3, 1).contiguous()  # (B, C, T, F) -> (B, T, F, C), a view when channels_last
         mean, var = _valid_stats(rows, lens)
         invstd = torch.rsqrt(var + eps)
-        out = _normalise(rows, mean, var, weight, bias, eps)
-        if relu:
-            out.relu_()
-        _zero_past(out, lens)
-        result = out.permute(0, 3, 1, 2)  # (B, T, F, C) -> (B, C, T, F), channels_last strides
+        if place is None:
+            out = _normalise(rows, mean, var, weight, bias, eps)
+            if relu:
+                out.relu_()
+            _zero_past(out, lens)
+            offsets, counts, fb = [0] * len(lens), lens, 0
+        else:
+            out, counts = placed_buffer(rows, lens, place)  # (B, out_time, F_pad, C)
+            offsets, _, fb, _ = place
+            scale, shift = _affine(mean, var, weight, bias, eps)
+            for b, n in enumerate(counts):
+                if n > 0:
+                    dst = out[b, offsets[b] : offsets[b] + n, fb : fb + rows.shape[2]]
+                    torch.addcmul(shift, rows[b, :n], scale, out=dst)  # the values of _normalise
+                    if relu:
+                        dst.relu_()
+        result = out.permute(0, 3, 1, 2)  # (B, T', F', C) -> (B, C, T', F'), channels_last strides
         ctx.lens, ctx.relu, ctx.count = lens, relu, sum(lens) * rows.shape[2]
+        ctx.placed, ctx.offsets, ctx.counts, ctx.fb = place is not None, offsets, counts, fb
         ctx.save_for_backward(x, weight, mean, invstd, result if relu else None)
         ctx.mark_non_differentiable(mean, var)
         return result, mean, var
@@ -345,7 +439,9 @@ class _MaskedBatchNormFn(torch.autograd.Function):
     def backward(ctx, grad, _grad_mean, _grad_var):  # noqa: ANN001, ANN205
         x, weight, mean, invstd, result = ctx.saved_tensors
         rows = x.permute(0, 2, 3, 1).contiguous()  # (B, C, T, F) -> (B, T, F, C)
-        if ctx.relu:
+        if ctx.placed:
+            g = _unplace_gradient(grad, result, rows, ctx.offsets, ctx.counts, ctx.fb, ctx.relu)
+        elif ctx.relu:
             # A new tensor (the gradient through the ReLU), updated in place below.
             g = torch.ops.aten.threshold_backward(grad, result, 0).permute(0, 2, 3, 1).contiguous()
         else:
@@ -354,14 +450,37 @@ class _MaskedBatchNormFn(torch.autograd.Function):
         k = invstd if weight is None else invstd * weight
         c2 = -k * invstd * dgamma / ctx.count
         c1 = -k * dbeta / ctx.count - c2 * mean
-        if ctx.relu:
+        if ctx.relu:  # g is a new tensor
             dx = g.mul_(k).addcmul_(rows, c2).add_(c1)
         else:
             dx = torch.addcmul(c1, rows, c2).addcmul_(g, k)
         _zero_past(dx, ctx.lens)
         grad_weight = dgamma if weight is not None and ctx.needs_input_grad[1] else None
         grad_bias = dbeta if ctx.needs_input_grad[2] else None
-        return dx.permute(0, 3, 1, 2), grad_weight, grad_bias, None, None, None  # (B, T, F, C) -> (B, C, T, F)
+        return dx.permute(0, 3, 1, 2), grad_weight, grad_bias, None, None, None, None  # (B, T, F, C) -> (B, C, T, F)
+
+
+def _unplace_gradient(
+    grad: torch.Tensor, result: torch.Tensor | None, rows: torch.Tensor, offsets: list[int], counts: list[int],
+    fb: int, relu: bool,
+) -> torch.Tensor:
+    """The gradient of a placed output (:class:`_MaskedBatchNormFn`) back at the frames'
+    own places: ``grad`` and ``result`` ``(B, C, out_time, F_pad)`` -> a new ``(B, T, F, C)``
+    tensor like ``rows``, through the ReLU's mask when ``relu``, zero on frames never placed."""
+    g = rows.new_empty(rows.shape)
+    grad_rows = grad.permute(0, 2, 3, 1)  # (B, C, out_time, F_pad) -> (B, out_time, F_pad, C)
+    f_size = rows.shape[2]
+    for b, n in enumerate(counts):
+        if n > 0:
+            src = grad_rows[b, offsets[b] : offsets[b] + n, fb : fb + f_size]
+            if relu:
+                assert result is not None
+                placed = result.permute(0, 2, 3, 1)[b, offsets[b] : offsets[b] + n, fb : fb + f_size]
+                torch.ops.aten.threshold_backward.grad_input(src, placed, 0, grad_input=g[b, :n])
+            else:
+                g[b, :n].copy_(src)
+        g[b, n:].zero_()
+    return g
 
 
 class MaskedBatchNorm2d(nn.BatchNorm2d):
@@ -409,21 +528,26 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
         return out
 
     @torch.jit.export
-    def forward_lengths(self, x: torch.Tensor, lens: list[int], relu: bool = False) -> torch.Tensor:
+    def forward_lengths(
+        self, x: torch.Tensor, lens: list[int], relu: bool = False, place: Placement | None = None
+    ) -> torch.Tensor:
         """Training batch norm over valid frames given as lengths, with an optional fused
-        ReLU, zero on padding frames (eager mode only; see :class:`_MaskedBatchNormFn`).
+        ReLU, zero on padding frames (see :class:`_MaskedBatchNormFn`).
 
         The statistics, outputs on valid frames and running-statistics update are those
         of :meth:`forward` with ``time_mask(lengths, T)``.
 
         ``x`` ``(B, C, T, F)`` (channels_last avoids a copy), ``lens`` ``B`` ints ``<= T``
-        -> ``(B, C, T, F)`` channels_last."""
+        -> ``(B, C, T, F)`` channels_last; with a :data:`Placement` the output is written
+        into the next conv's padded buffer, ``pad_to_placement(output, lens, place)``."""
         count = sum(lens) * x.shape[3]
         _check_count(count)
         if not torch.jit.is_scripting():
-            out, mean, var = _MaskedBatchNormFn.apply(x, self.weight, self.bias, lens, self.eps, relu)
+            out, mean, var = _MaskedBatchNormFn.apply(x, self.weight, self.bias, lens, self.eps, relu, place)
         else:
             out, mean, var = self._forward_lengths_autograd(x, lens, relu)
+            if place is not None:
+                out = pad_to_placement(out, lens, place)
         if self.training and self.track_running_stats:
             self._update_running(mean, var, count)
         return out

@@ -3,6 +3,7 @@ invariance over generated configs, too-short policy, branches and TorchScript.""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -12,6 +13,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from speechconv import masking
 from speechconv.encoder import ConvEncoder
 from speechconv.encoder_config import EncoderConfig, LayerConfig
 
@@ -407,3 +409,78 @@ def test_torchscript_train_gradients_match_eager() -> None:
         grads.append([xg.grad] + [p.grad for p in model.parameters()])
     for want, got in zip(*grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def _layer_by_layer(enc: ConvEncoder) -> list:
+    """Forward hooks on every layer make ConvBranch call each layer as a module (no layer
+    writes into the next one's padded input): the reference for the placed path."""
+    return [layer.register_forward_hook(lambda *args: None) for br in enc.branches for layer in br.layers]
+
+
+@settings(SETTINGS, max_examples=60)
+@given(encoders_and_batches(), st.floats(0.0, 0.5), st.booleans(),
+       st.lists(st.sampled_from(["relu", "relu", "none", "gelu"]), min_size=3, max_size=3),
+       st.lists(st.booleans(), min_size=3, max_size=3))
+def test_placed_outputs_equal_layer_by_layer(case, dropout, train, activations, norms) -> None:
+    """Layers writing their outputs straight into the next conv's padded input
+    (ConvBranch._forward_placed) give the outputs, input and parameter gradients and
+    running statistics of the layers run one by one, bit for bit, in training (autograd)
+    and in eval (no autograd); dropout and non-ReLU activations fall back to the copy.
+    Stacks of 2-3 layers, mostly ReLU (the activation that is placed), one layer in two
+    with dropout."""
+    enc, layers, lengths, extra, seed = case
+    assume(len(layers) >= 2)
+    layers = [dataclasses.replace(lc, activation=act, batch_norm=norm, dropout=dropout if i % 2 else 0.0)
+              for i, (lc, act, norm) in enumerate(zip(layers, activations, norms, strict=False))]
+    enc = ConvEncoder(EncoderConfig(layers=layers), enc.input_freq, enc.input_channels)
+    _randomise_bn(enc, seed)
+    twin = ConvEncoder(enc.config, enc.input_freq, enc.input_channels)
+    twin.load_state_dict(enc.state_dict())
+    handles = _layer_by_layer(twin)
+    x = _batch(lengths, int(lengths.max()) + extra, enc, seed)
+    results = []
+    for model in (enc, twin):
+        model.train(train)
+        xg = x.clone().requires_grad_(train)
+        torch.manual_seed(seed)  # the same dropout masks
+        try:
+            with torch.set_grad_enabled(train):
+                out, out_len = model(xg, lengths)
+        except ValueError as err:  # a single valid value per channel cannot be batch-normalised
+            assume("more than 1 valid value" not in str(err))
+            raise
+        if train:
+            (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+            results.append([out.detach(), out_len, xg.grad, *(p.grad for p in model.parameters()),
+                            *model.buffers()])
+        else:
+            results.append([out, out_len])
+    for a, b in zip(*results, strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
+    for h in handles:
+        h.remove()
+
+
+def test_placed_path_runs_for_the_default_encoder() -> None:
+    """The default encoder's first layer writes into the second conv's buffer in training
+    and in eval: pad_per_utterance (the copy) runs once per forward, for the first conv."""
+    enc, calls = ConvEncoder(), []
+    original = masking.pad_per_utterance
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    x, lengths = torch.randn(3, 40, 80, 3), torch.tensor([40, 31, 22])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(masking, "pad_per_utterance", counting)
+        enc.train()(x, lengths)[0].sum().backward()
+        with torch.no_grad():
+            enc.eval()(x, lengths)
+        assert len(calls) == 2
+        handles = _layer_by_layer(enc)
+        with torch.no_grad():
+            enc(x, lengths)
+        assert len(calls) == 4, "with hooks every layer pads its own input"
+        for h in handles:
+            h.remove()

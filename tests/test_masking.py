@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -269,11 +269,18 @@ def test_forward_lengths_equals_batchnorm2d_on_the_valid_frames(
         torch.testing.assert_close(getattr(mine, name), getattr(ref, name))
 
 
+PLACE = ([1, 0, 2, 1], 5, 1, 2)
+"""A placement for 4 utterances of lengths [5, 2, 0, 4]: offsets, buffer frames (the
+first utterance loses its last frame past the buffer), zero rows before and after in F."""
+
+
+@pytest.mark.parametrize("place", [None, PLACE], ids=["own-frames", "placed"])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("affine", [False, True])
-def test_masked_batch_norm_function_gradcheck(relu: bool, affine: bool) -> None:
+def test_masked_batch_norm_function_gradcheck(relu: bool, affine: bool, place) -> None:
     """The hand-written backward against finite differences, in float64, with padding
-    frames, an empty utterance and garbage past every length."""
+    frames, an empty utterance and garbage past every length; also when the output is
+    written into the next conv's padded buffer (a frame dropped past its end)."""
     torch.manual_seed(11)
     lens = [5, 2, 0, 4]
     x = (torch.randn(4, 5, 3, 2, dtype=torch.float64) * 2 + 1).permute(0, 3, 1, 2)  # (B, C, T, F) channels_last
@@ -283,10 +290,41 @@ def test_masked_batch_norm_function_gradcheck(relu: bool, affine: bool) -> None:
 
     def fn(x, *params):
         w, b = params if affine else (None, None)
-        return masking._MaskedBatchNormFn.apply(x, w, b, lens, 1e-5, relu)[0]
+        return masking._MaskedBatchNormFn.apply(x, w, b, lens, 1e-5, relu, place)[0]
 
     inputs = (x, weight, bias) if affine else (x,)
     assert torch.autograd.gradcheck(fn, inputs)
+
+
+@SETTINGS
+@given(**PAD_CASES, relu=st.booleans())
+def test_placed_batch_norm_equals_batch_norm_then_padding(lengths, offsets, out_time, freq, channels_last, relu):
+    """Writing the norm's output into the padded buffer gives the buffer, the running
+    statistics and the gradients of the unfused pair (norm, then pad_per_utterance),
+    bit for bit: the same operations on the same values."""
+    b_size, t = len(lengths), max(lengths) + 1
+    x = torch.randn(b_size, 3, t, 5).contiguous(memory_format=torch.channels_last) * 2 + 1
+    if not channels_last:
+        x = x.contiguous()
+    place = (offsets[:b_size], out_time, *freq)
+    assume(sum(lengths) * 5 > 1)  # batch statistics need two values (the error is tested elsewhere)
+    outs, grads = [], []
+    weight, bias = torch.rand(3) + 0.5, torch.rand(3) * 2 - 1
+    for fused in (True, False):
+        bn = masking.MaskedBatchNorm2d(3).train()
+        with torch.no_grad():
+            bn.weight.copy_(weight)
+            bn.bias.copy_(bias)
+        xi = x.clone().requires_grad_(True)
+        if fused:
+            out = bn.forward_lengths(xi, lengths, relu, place)
+        else:
+            out = masking.pad_to_placement(bn.forward_lengths(xi, lengths, relu), lengths, place)
+        out.backward(torch.linspace(-1, 1, out.numel()).view(out.shape))
+        outs.append((out.detach(), bn.running_mean, bn.running_var))
+        grads.append((xi.grad, bn.weight.grad, bn.bias.grad))
+    for a, b in zip(outs[0] + grads[0], outs[1] + grads[1], strict=True):
+        assert torch.equal(a, b)
 
 
 @SETTINGS

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from speechconv.layers import MaskedBatchNorm1d
-from speechconv.masking import MaskedBatchNorm2d, time_mask
+from speechconv.masking import MaskedBatchNorm2d, Placement, pad_to_placement, time_mask
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -88,14 +88,18 @@ class SyncMaskedBatchNorm2d(MaskedBatchNorm2d):
     unmasked kernel takes ``(B, C, T, F)`` or ``(N, C)``.
     """
 
-    def forward_lengths(self, x: torch.Tensor, lens: list[int], relu: bool = False) -> torch.Tensor:
+    def forward_lengths(
+        self, x: torch.Tensor, lens: list[int], relu: bool = False, place: Placement | None = None
+    ) -> torch.Tensor:
         """The encoder's training path: ``x`` ``(B, C, T, F)``, ``lens`` ``B`` valid frames
-        -> ``(B, C, T, F)``, ReLU applied when ``relu``, zero on padding frames."""
+        -> ``(B, C, T, F)``, ReLU applied when ``relu``, zero on padding frames; with a
+        placement, that output copied into the next conv's padded buffer."""
         if not _syncing(self):
-            return super().forward_lengths(x, lens, relu)
+            return super().forward_lengths(x, lens, relu, place)
         m = time_mask(torch.tensor(lens, device=x.device), x.shape[2]).to(x.dtype)  # (B, 1, T, 1)
         out = self._normalise(x, m, torch.tensor(sum(lens) * x.shape[3], device=x.device))
-        return (torch.relu(out) if relu else out) * m
+        out = (torch.relu(out) if relu else out) * m
+        return out if place is None else pad_to_placement(out, lens, place)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` ``(B, C, T, F)``, ``mask`` ``(B, 1, T, 1)`` bool or None -> ``(B, C, T, F)``."""
