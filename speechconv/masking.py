@@ -215,8 +215,10 @@ def placed_buffer(rows: torch.Tensor, lens: list[int], place: Placement) -> tupl
         p = offsets[b]
         n = max(min(lens[b], out_time - p), 0)
         counts.append(n)
-        buf[b, :p].zero_()
-        buf[b, p + n :].zero_()
+        if p > 0:
+            buf[b, :p].zero_()
+        if p + n < out_time:
+            buf[b, p + n :].zero_()
         if n > 0 and fb > 0:
             buf[b, p : p + n, :fb].zero_()
         if n > 0 and fa > 0:
