@@ -94,8 +94,9 @@ def kaldi_log_fbank(waveforms: torch.Tensor, lengths: torch.Tensor, config: Feat
     Steps 3-5 run per frame in Kaldi's order and in float32, as Kaldi does: the
     rounding then follows Kaldi's closely (measured on jfk.flac against
     kaldi-native-fbank: 7.0e-4 at the 99.9th percentile this way, 1.0e-3 when the
-    same linear map is folded into one multiply-add, and also 1.0e-3 when it is
-    evaluated in float64).
+    same linear map is folded into one multiply-add, also 1.0e-3 when it is evaluated
+    in float64, and 9.4e-4 with only the pre-emphasis fused, ``torch.sub(x[1:], x[:-1],
+    alpha=c)``, which would save one pass).
 
     Args:
         waveforms: ``(B, S)`` float32 in [-1, 1].
