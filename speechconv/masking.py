@@ -210,6 +210,10 @@ def placed_buffer(rows: torch.Tensor, lens: list[int], place: Placement) -> tupl
     offsets, out_time, fb, fa = place
     b_size, _, f_size, c_size = rows.shape
     buf = rows.new_empty((b_size, out_time, fb + f_size + fa, c_size))
+    if fb > 0:  # the frequency margins of every frame, one op each for the whole batch
+        buf[:, :, :fb].zero_()
+    if fa > 0:
+        buf[:, :, fb + f_size :].zero_()
     counts: list[int] = []
     for b in range(b_size):
         p = offsets[b]
@@ -219,10 +223,6 @@ def placed_buffer(rows: torch.Tensor, lens: list[int], place: Placement) -> tupl
             buf[b, :p].zero_()
         if p + n < out_time:
             buf[b, p + n :].zero_()
-        if n > 0 and fb > 0:
-            buf[b, p : p + n, :fb].zero_()
-        if n > 0 and fa > 0:
-            buf[b, p : p + n, fb + f_size :].zero_()
     return buf, counts
 
 
