@@ -22,8 +22,9 @@ of returning it for the next layer to copy there (the training norm does it insi
 autograd Function, eval layers outside autograd; :class:`ConvBranch`).  Same values bit
 for bit, one batch-sized tensor and two passes fewer per conv after the first: this is
 what makes the masked encoder's training step as fast as a plain channels_last
-``nn.Sequential`` (``bench/encoder.py``).  Layers with forward hooks, activations other
-than ReLU, active dropout and TorchScript run layer by layer.
+``nn.Sequential`` (``bench/encoder.py``).  Layers with hooks (forward or backward, so
+that the hooks see what they expect), activations other than ReLU or active dropout,
+and TorchScript, run layer by layer.
 
 Conv bias: a layer's conv has a bias only when the layer has no batch norm (the norm
 subtracts the mean, which would cancel the bias).
@@ -211,10 +212,12 @@ class MaskedConv2dLayer(nn.Module):
 
 
 def _hooked(module: nn.Module) -> bool:
-    """Whether forward hooks would see ``module``'s input or output (its own or global ones)."""
-    hooks = nn.modules.module
-    return bool(module._forward_hooks or module._forward_pre_hooks
-                or hooks._global_forward_hooks or hooks._global_forward_pre_hooks)
+    """Whether calling ``module`` runs hooks (forward or backward, its own or global ones)
+    that would see its input, output or their gradients."""
+    g = nn.modules.module
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks or g._global_forward_hooks or g._global_forward_pre_hooks
+                or g._global_backward_hooks or g._global_backward_pre_hooks)
 
 
 class ConvBranch(nn.Module):
@@ -249,8 +252,9 @@ class ConvBranch(nn.Module):
         writes its output straight into the next conv's zero-padded input, instead of
         returning it for the next layer to copy there.  Same values as calling the layers
         in turn, bit for bit; one batch-sized tensor and two passes fewer per conv after
-        the first.  A layer with forward hooks (its own or global, e.g. the shape
-        inspector's) is called as a module, so the hooks see its usual input and output.
+        the first.  A layer with hooks (forward or backward, its own or global, e.g. the
+        shape inspector's) is called as a module, so the hooks see its usual input and
+        output.
 
         ``(B, C, T, F)``, ``(B,)`` -> ``(B, C', T', F')``, ``(B,)``."""
         layers = list(self.layers)

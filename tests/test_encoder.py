@@ -484,3 +484,12 @@ def test_placed_path_runs_for_the_default_encoder() -> None:
         assert len(calls) == 4, "with hooks every layer pads its own input"
         for h in handles:
             h.remove()
+
+
+def test_a_layer_with_a_backward_hook_is_called_as_a_module() -> None:
+    """A full backward hook on a layer sees its output gradient: the placed path, which
+    does not call the layer as a module, steps aside for it."""
+    enc, seen = ConvEncoder().train(), []
+    enc.branches[0].layers[0].register_full_backward_hook(lambda mod, gin, gout: seen.append(gout[0].shape))
+    enc(torch.randn(2, 40, 80, 3, requires_grad=True), torch.tensor([40, 33]))[0].sum().backward()
+    assert seen == [torch.Size([2, 32, 20, 40])]
