@@ -41,7 +41,7 @@ channels_last tensors is itself slow (~20 ms for the first layer at 1 thread).  
 eval the norm is folded into the conv.  Huge pages (the second table) take most of the
 cost of a fresh tensor away: on this VM (``madvise`` THP mode) they cut every variant's
 time by a third to a half, and shrink what the masked encoder gains from allocating
-less, so its ratios are lower there; ``plain-cl`` itself is then only 1.2-1.4x
+less, so its ratios are lower there; ``plain-cl`` itself is then only 1.1-1.4x
 ``plain``.
 
 Two threads on a loaded machine: every op big enough to run in parallel waits for
@@ -49,8 +49,8 @@ both threads, and a descheduled thread costs up to a scheduler time slice.  The 
 encoder runs per-utterance loops (a few hundred such ops per training step, against
 about twenty for ``plain``), so its 2-thread rows swing by several times when other
 jobs hold the cores; judge them on an idle machine, or by the 1-thread rows.  Even
-idle, a 2-thread eval step of the masked encoder (about a hundred such ops) runs 5-8%
-behind ``plain-cl``, where at 1 thread it is 5-8% ahead.
+idle, the 2-thread eval rows of every variant move most from run to run (``plain``
+from 17 to 78 ms over eight runs of this VM).
 """
 
 from __future__ import annotations
