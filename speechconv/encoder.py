@@ -173,9 +173,9 @@ class MaskedConv2dLayer(nn.Module):
             padded input ``(B, C', span', F_pad')``; channels_last strides.
         """
         norm = self.norm
-        lens = torch.jit.annotate(list[int], out_lengths.tolist())
         if norm is not None and (self.training or not norm.track_running_stats):
             y = self.conv(x)
+            lens = torch.jit.annotate(list[int], out_lengths.tolist())
             # Statistics over valid frames by per-utterance reductions, output zero on
             # padding, the ReLU fused in; activation and dropout map zeros to zeros, so
             # padding stays zero.
@@ -189,7 +189,7 @@ class MaskedConv2dLayer(nn.Module):
         else:
             y = self.conv(x)
         if place is not None:
-            return masking.place_frames(y, lens, place, self.fuse_relu)
+            return masking.place_frames(y, torch.jit.annotate(list[int], out_lengths.tolist()), place, self.fuse_relu)
         y = self.dropout(self.act(y))
         if torch.is_grad_enabled() and y.requires_grad:
             y = masking.zero_padding(y, out_lengths)
@@ -203,7 +203,8 @@ class MaskedConv2dLayer(nn.Module):
         conv's padded input: after the conv only ReLU (or nothing) and no active dropout,
         and either the training norm's autograd Function does the writing or no autograd
         is recording (eval: per-utterance slice writes)."""
-        if self.activation not in ("relu", "none") or (self.training and not isinstance(self.dropout, nn.Identity)):
+        dropping = self.dropout.training and not isinstance(self.dropout, nn.Identity)  # its own flag: Monte
+        if self.activation not in ("relu", "none") or dropping:  # Carlo dropout runs it in an eval-mode layer
             return False
         norm = self.norm
         if norm is not None and (self.training or not norm.track_running_stats):

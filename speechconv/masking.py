@@ -142,7 +142,8 @@ def pad_per_utterance(
             every utterance).
 
     Returns:
-        ``(B, C, out_time, freq_before + F + freq_after)`` with channels_last strides.
+        ``(B, C, out_time, freq_before + F + freq_after)`` laid out by :func:`conv_layout`
+        (channels_last strides; contiguous ones for a single channel).
     """
     b_size, c_size, t_size, f_size = x.shape
     f_pad = freq_before + f_size + freq_after
@@ -174,14 +175,15 @@ def _pad_copy(
     """:func:`pad_per_utterance` outside autograd, one slice copy per utterance into a
     buffer of which only the margins are zeroed (:func:`placed_buffer`).
 
-    ``x`` ``(B, C, T, F)`` -> ``(B, C, out_time, freq_before + F + freq_after)``, channels_last."""
+    ``x`` ``(B, C, T, F)`` -> ``(B, C, out_time, freq_before + F + freq_after)``, laid out
+    by :func:`conv_layout` (channels_last, or contiguous for one channel)."""
     rows = x.permute(0, 2, 3, 1)  # (B, C, T, F) -> (B, T, F, C), a view
     buf, counts = placed_buffer(rows, lens, (offsets, out_time, freq_before, freq_after))
     f_size = rows.shape[2]
     for b, n in enumerate(counts):
         if n > 0:
             buf[b, offsets[b] : offsets[b] + n, freq_before : freq_before + f_size].copy_(rows[b, :n])
-    return buf.permute(0, 3, 1, 2)  # (B, T, F, C) -> (B, C, T, F), channels_last strides
+    return conv_layout(buf)  # (B, T, F, C) -> (B, C, T, F), channels_last strides (C == 1: contiguous)
 
 
 Placement = tuple[list[int], int, int, int]
@@ -231,7 +233,7 @@ def place_frames(x: torch.Tensor, lens: list[int], place: Placement, relu: bool)
     next conv's zero-padded buffer, the same tensor as ``pad_per_utterance(relu(x), ...)``.
 
     ``x`` ``(B, C, T, F)``, ``lens`` ``B`` ints, ``place`` a :data:`Placement` ->
-    ``(B, C, out_time, freq_before + F + freq_after)`` with channels_last strides."""
+    ``(B, C, out_time, freq_before + F + freq_after)`` laid out by :func:`conv_layout`."""
     rows = x.permute(0, 2, 3, 1)  # (B, C, T, F) -> (B, T, F, C), a view
     buf, counts = placed_buffer(rows, lens, place)
     offsets, _, fb, _ = place
@@ -243,7 +245,7 @@ def place_frames(x: torch.Tensor, lens: list[int], place: Placement, relu: bool)
                 torch.clamp_min(rows[b, :n], 0.0, out=dst)
             else:
                 dst.copy_(rows[b, :n])
-    return buf.permute(0, 3, 1, 2)  # (B, T, F, C) -> (B, C, T, F), channels_last strides
+    return conv_layout(buf)  # (B, T, F, C) -> (B, C, T, F), channels_last strides (C == 1: contiguous)
 
 
 def pad_to_placement(y: torch.Tensor, lens: list[int], place: Placement) -> torch.Tensor:
@@ -430,7 +432,9 @@ class _MaskedBatchNormFn(torch.autograd.Function):
                     torch.addcmul(shift, rows[b, :n], scale, out=dst)  # the values of _normalise
                     if relu:
                         dst.relu_()
-        result = out.permute(0, 3, 1, 2)  # (B, T', F', C) -> (B, C, T', F'), channels_last strides
+        # (B, T', F', C) -> (B, C, T', F'): channels_last strides, or contiguous ones for C == 1,
+        # where a placed buffer is the next conv's input (see conv_layout).
+        result = conv_layout(out)
         ctx.lens, ctx.relu, ctx.count = lens, relu, sum(lens) * rows.shape[2]
         ctx.placed, ctx.offsets, ctx.counts, ctx.fb = place is not None, offsets, counts, fb
         ctx.save_for_backward(x, weight, mean, invstd, result if relu else None)
@@ -481,7 +485,8 @@ def _unplace_gradient(
                 torch.ops.aten.threshold_backward.grad_input(src, placed, 0, grad_input=g[b, :n])
             else:
                 g[b, :n].copy_(src)
-        g[b, n:].zero_()
+        if n < g.shape[1]:
+            g[b, n:].zero_()
     return g
 
 

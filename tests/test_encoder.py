@@ -493,3 +493,50 @@ def test_a_layer_with_a_backward_hook_is_called_as_a_module() -> None:
     enc.branches[0].layers[0].register_full_backward_hook(lambda mod, gin, gout: seen.append(gout[0].shape))
     enc(torch.randn(2, 40, 80, 3, requires_grad=True), torch.tensor([40, 33]))[0].sum().backward()
     assert seen == [torch.Size([2, 32, 20, 40])]
+
+
+# torch.backends.mkldnn.flags() also sets oneDNN's TF32 switch, which warns that this build
+# has no Intel GPU support; it changes nothing on this CPU.
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN:UserWarning")
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("case", ["one input channel", "one filter then a one-row conv"])
+def test_single_channel_buffers_avoid_the_onednn_bug(case, train) -> None:
+    """Padded and placed buffers with one channel get contiguous strides (conv_layout):
+    with channels_last strides, oneDNN on torch 2.14.1 computes a conv with one input
+    channel and one output frequency row wrongly for B > 1, and on an uninitialised
+    buffer that gives NaN.  Compared with PyTorch's native convolution."""
+    if case == "one input channel":
+        layers, channels = [LayerConfig(filters=2, kernel=[1, 4], stride=[1, 2], padding="valid"),
+                            LayerConfig(filters=2, kernel=[1, 1], stride=[1, 1])], 1
+    else:
+        layers, channels = [LayerConfig(filters=1, kernel=[1, 1], stride=[1, 1]),
+                            LayerConfig(filters=2, kernel=[1, 4], stride=[1, 2], padding="valid")], 2
+    torch.manual_seed(0)
+    enc = ConvEncoder(EncoderConfig(layers=layers), input_freq=5, input_channels=channels).train(train)
+    x, lengths = torch.randn(3, 9, 5, channels), torch.tensor([9, 7, 8])
+    outs = []
+    for onednn in (True, False):
+        with torch.backends.mkldnn.flags(enabled=onednn), torch.set_grad_enabled(train):
+            outs.append(enc(x, lengths)[0].detach())
+    assert torch.isfinite(outs[0]).all()
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+
+
+def test_monte_carlo_dropout_in_eval_mode_is_kept() -> None:
+    """Dropout modules switched to training inside an eval-mode encoder (Monte Carlo
+    dropout) still drop: the placed path steps aside for them, so the output equals the
+    layers run one by one under the same seed."""
+    enc = ConvEncoder(EncoderConfig(layers=[LayerConfig(dropout=0.5), LayerConfig(dropout=0.5)])).eval()
+    for module in enc.modules():
+        if isinstance(module, nn.Dropout):
+            module.train()
+    x, lengths = torch.randn(2, 40, 80, 3), torch.tensor([40, 33])
+    outs = []
+    for hooked in (False, True):
+        handles = _layer_by_layer(enc) if hooked else []
+        torch.manual_seed(1)
+        with torch.no_grad():
+            outs.append(enc(x, lengths)[0])
+        for h in handles:
+            h.remove()
+    assert torch.equal(outs[0], outs[1])
