@@ -150,10 +150,20 @@ class MaskedConv2dLayer(nn.Module):
             pad_before = torch.full_like(lengths, self.time_pad)
         return out_time, out_lengths, pad_before, shapes.conv_input_span(out_time, k, s)
 
+    def pad_input(
+        self, x: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[int, torch.Tensor, torch.Tensor, int]]:
+        """``x`` ``(B, C, T, F)`` copied into this conv's zero-padded input
+        ``(B, C, span, F_pad)`` (:func:`speechconv.masking.pad_per_utterance`), and the
+        :meth:`geometry` it was placed by."""
+        geometry = self.geometry(x.shape[2], lengths)
+        _, _, pad_before, span = geometry
+        return masking.pad_per_utterance(x, lengths, pad_before, span, self.freq_before, self.freq_after), geometry
+
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` ``(B, C, T, F)``, ``lengths`` ``(B,)`` -> ``(B, C', T', F')``, ``(B,)``."""
-        _, out_lengths, pad_before, span = self.geometry(x.shape[2], lengths)
-        x = masking.pad_per_utterance(x, lengths, pad_before, span, self.freq_before, self.freq_after)
+        x, geometry = self.pad_input(x, lengths)
+        out_lengths = geometry[1]
         return self.forward_padded(x, out_lengths, None), out_lengths
 
     def forward_padded(
@@ -265,9 +275,7 @@ class ConvBranch(nn.Module):
                 if _hooked(layer):
                     x, lengths = layer(x, lengths)
                     continue
-                geometry = layer.geometry(x.shape[2], lengths)
-                x = masking.pad_per_utterance(x, lengths, geometry[2], geometry[3], layer.freq_before,
-                                              layer.freq_after)
+                x, geometry = layer.pad_input(x, lengths)
             else:
                 geometry = ready
             out_time, out_lengths = geometry[0], geometry[1]

@@ -166,24 +166,7 @@ def pad_per_utterance(
         return conv_layout(buf.view(b_size, out_time, f_pad, c_size))  # (B*out_time, ...) -> (B, C, out_time, F_pad)
     lens = torch.jit.annotate(list[int], lengths.tolist())
     offsets = torch.jit.annotate(list[int], pad_before.tolist())
-    return _pad_copy(x, lens, offsets, out_time, freq_before, freq_after)
-
-
-def _pad_copy(
-    x: torch.Tensor, lens: list[int], offsets: list[int], out_time: int, freq_before: int, freq_after: int
-) -> torch.Tensor:
-    """:func:`pad_per_utterance` outside autograd, one slice copy per utterance into a
-    buffer of which only the margins are zeroed (:func:`placed_buffer`).
-
-    ``x`` ``(B, C, T, F)`` -> ``(B, C, out_time, freq_before + F + freq_after)``, laid out
-    by :func:`conv_layout` (channels_last, or contiguous for one channel)."""
-    rows = x.permute(0, 2, 3, 1)  # (B, C, T, F) -> (B, T, F, C), a view
-    buf, counts = placed_buffer(rows, lens, (offsets, out_time, freq_before, freq_after))
-    f_size = rows.shape[2]
-    for b, n in enumerate(counts):
-        if n > 0:
-            buf[b, offsets[b] : offsets[b] + n, freq_before : freq_before + f_size].copy_(rows[b, :n])
-    return conv_layout(buf)  # (B, T, F, C) -> (B, C, T, F), channels_last strides (C == 1: contiguous)
+    return place_frames(x, lens, (offsets, out_time, freq_before, freq_after), False)
 
 
 Placement = tuple[list[int], int, int, int]
@@ -271,7 +254,7 @@ class _PadPerUtterance(torch.autograd.Function):
         ctx.lens, ctx.offsets, ctx.freq_before = lens, offsets, freq_before
         ctx.x_shape = x.shape
         ctx.x_channels_last = x.permute(0, 2, 3, 1).is_contiguous()  # (B, C, T, F) -> (B, T, F, C)
-        return _pad_copy(x, lens, offsets, out_time, freq_before, freq_after)
+        return place_frames(x, lens, (offsets, out_time, freq_before, freq_after), False)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
@@ -421,7 +404,7 @@ class _MaskedBatchNormFn(torch.autograd.Function):
             if relu:
                 out.relu_()
             _zero_past(out, lens)
-            offsets, counts, fb = [0] * len(lens), lens, 0
+            counts = lens
         else:
             out, counts = placed_buffer(rows, lens, place)  # (B, out_time, F_pad, C)
             offsets, _, fb, _ = place
@@ -436,7 +419,7 @@ class _MaskedBatchNormFn(torch.autograd.Function):
         # where a placed buffer is the next conv's input (see conv_layout).
         result = conv_layout(out)
         ctx.lens, ctx.relu, ctx.count = lens, relu, sum(lens) * rows.shape[2]
-        ctx.placed, ctx.offsets, ctx.counts, ctx.fb = place is not None, offsets, counts, fb
+        ctx.place, ctx.counts = place, counts
         ctx.save_for_backward(x, weight, mean, invstd, result if relu else None)
         ctx.mark_non_differentiable(mean, var)
         return result, mean, var
@@ -445,8 +428,8 @@ class _MaskedBatchNormFn(torch.autograd.Function):
     def backward(ctx, grad, _grad_mean, _grad_var):  # noqa: ANN001, ANN205
         x, weight, mean, invstd, result = ctx.saved_tensors
         rows = x.permute(0, 2, 3, 1).contiguous()  # (B, C, T, F) -> (B, T, F, C)
-        if ctx.placed:
-            g = _unplace_gradient(grad, result, rows, ctx.offsets, ctx.counts, ctx.fb, ctx.relu)
+        if ctx.place is not None:
+            g = _unplace_gradient(grad, result, rows, ctx.place[0], ctx.counts, ctx.place[2], ctx.relu)
         elif ctx.relu:
             # A new tensor (the gradient through the ReLU), updated in place below.
             g = torch.ops.aten.threshold_backward(grad, result, 0).permute(0, 2, 3, 1).contiguous()

@@ -12,6 +12,8 @@ from speechconv.training import loop, main
 from speechconv.training.runlog import run_log, say
 
 STAMP = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] ")
+
+
 def logged(folder) -> list[str]:
     """The lines of ``folder/train.log`` without their timestamps (each must have one)."""
     lines = (folder / "train.log").read_text().splitlines()
