@@ -284,3 +284,41 @@ def conv_input_span(out_length: int, kernel: int, stride: int) -> int:
     """Input elements (padding included) read by ``out_length`` conv outputs:
     ``(out - 1) * s + k``, and 0 for no output."""
     return 0 if out_length <= 0 else (out_length - 1) * stride + kernel
+
+
+# ------------------------------------------------ chained convs (the encoder's eval path)
+# Layer by layer, conv l reads a buffer of ``span_l`` elements holding its input at
+# offset ``pad_l`` (its padding before), zeros around it.  Chained, conv l's *output*
+# is conv l+1's padded input as it stands: conv l's buffer is made big enough, and its
+# data placed far enough in, that its output has the data of conv l+1's buffer where
+# that buffer wants it.  Output element r of a conv reads input elements
+# ``s r .. s r + k - 1``; so with conv l+1's data at ``offset_{l+1}``, conv l's output
+# element ``offset_{l+1} + j`` reads what the layer-by-layer output j reads when conv
+# l's own data sits at ``offset_l = pad_l + s_l offset_{l+1}``.  Elements outside the
+# data must be zero wherever they are read: the caller zeroes every element of every
+# buffer outside its data (and drops data that falls past the buffer's end, which no
+# output reads).
+
+
+def chained_sizes(kernels: Sequence[int], strides: Sequence[int], last_span: int) -> list[int]:
+    """Size of each conv's input buffer along one axis when the convs are chained.
+
+    ``size[-1] = last_span`` (the last conv's own layer-by-layer span), and each earlier
+    buffer is what gives the next one exactly: ``size[l] = (size[l+1] - 1) s_l + k_l``
+    (:func:`conv_input_span`), so conv ``l``'s output has ``size[l+1]`` elements.
+    """
+    sizes = [last_span]
+    for kernel, stride in zip(reversed(kernels[:-1]), reversed(strides[:-1]), strict=True):
+        sizes.append(conv_input_span(sizes[-1], kernel, stride))
+    return sizes[::-1]
+
+
+def chained_offsets(strides: Sequence[int], pads_before: Sequence[int]) -> list[int]:
+    """Where each conv's input data starts in its chained buffer, for one utterance (or
+    the frequency axis): ``offset[l] = pad_l + s_l offset[l+1]`` with the last conv's
+    ``offset = pad`` (its output starts at 0)."""
+    offsets, after = [], 0
+    for stride, pad in zip(reversed(strides), reversed(pads_before), strict=True):
+        after = pad + stride * after
+        offsets.append(after)
+    return offsets[::-1]

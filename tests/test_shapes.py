@@ -68,11 +68,19 @@ def test_valid_two_layer_example_from_the_issue():
     assert [shapes.stack_out_length(t, same) for t in (1, 4, 5, 98, 100)] == [1, 1, 2, 25, 25]
 
 
-def _empirical_field(layers: list[AxisGeometry], length: int = 64) -> tuple[int, int]:
+FIELD_INPUT = 200
+"""Input length of :func:`_empirical_field`: long enough that, for every stack the test
+draws (field <= 40, subsampling <= 27, padding shifting a field by at most 39), some
+output's whole field lies inside the input.  With 64 an output whose field reached into
+the padding could pass for a whole field, and some stacks had none inside at all."""
+
+
+def _empirical_field(layers: list[AxisGeometry], length: int = FIELD_INPUT) -> tuple[int, int]:
     """Receptive field and look-ahead measured by autograd on a real conv stack.
 
-    Returns (span of inputs that reach some middle output, max over outputs t of
-    (last input reached - t * J)).
+    Returns (largest span of inputs that reach one output, over the outputs whose
+    inputs lie strictly inside the signal; max over outputs t of (last input reached -
+    t * J)).
     """
     x = torch.zeros(1, 1, length, requires_grad=True)
     h = x
@@ -100,7 +108,7 @@ def _empirical_field(layers: list[AxisGeometry], length: int = 64) -> tuple[int,
 @given(layers=st.lists(geometries, min_size=1, max_size=3))
 @settings(max_examples=60, deadline=None)
 def test_receptive_field_and_look_ahead_match_autograd(layers):
-    if shapes.stack_out_length(64, layers) < 3 or shapes.receptive_field(layers) > 40:
+    if shapes.stack_out_length(FIELD_INPUT, layers) < 3 or shapes.receptive_field(layers) > 40:
         return
     span, ahead = _empirical_field(layers)
     assert span == shapes.receptive_field(layers)
@@ -142,3 +150,46 @@ def test_pad_mask():
 def test_bad_padding_is_a_clear_error(bad):
     with pytest.raises(ValueError, match="padding must be"):
         shapes.conv_out_length(10, 3, 1, bad)
+
+
+def _padded_conv1d(x: torch.Tensor, weight: torch.Tensor, g: AxisGeometry) -> tuple[torch.Tensor, int]:
+    """One layer the layer-by-layer way: ``(1, 1, L)`` -> its outputs, and its padding before."""
+    length = x.shape[-1]
+    if g.padding == "same":
+        before, after = shapes.same_padding(length, g.kernel, g.stride)
+    else:
+        before = after = 0 if g.padding == "valid" else int(g.padding)
+    return F.conv1d(F.pad(x, (before, after)), weight, stride=g.stride), before
+
+
+@given(layers=st.lists(geometries, min_size=1, max_size=4), length=st.integers(1, 40), seed=st.integers(0, 99))
+@settings(max_examples=300, deadline=None)
+def test_chained_convs_equal_layer_by_layer(layers, length, seed):
+    """chained_sizes/chained_offsets: a signal placed at offsets[0] in a zero buffer of
+    sizes[0], each conv's output zeroed outside its data and fed on as it stands, gives
+    the layer-by-layer outputs (float64 1-D convs with random weights)."""
+    if shapes.stack_out_length(length, layers) == 0:
+        return
+    g = torch.Generator().manual_seed(seed)
+    weights = [torch.randn(1, 1, la.kernel, generator=g, dtype=torch.float64) for la in layers]
+    x = torch.randn(1, 1, length, generator=g, dtype=torch.float64)
+    want, pads, lengths = x, [], []
+    for la, w in zip(layers, weights, strict=True):
+        lengths.append(want.shape[-1])
+        want, before = _padded_conv1d(want, w, la)
+        pads.append(before)
+    sizes = shapes.chained_sizes([la.kernel for la in layers], [la.stride for la in layers],
+                                 shapes.conv_input_span(want.shape[-1], layers[-1].kernel, layers[-1].stride))
+    offsets = shapes.chained_offsets([la.stride for la in layers], pads)
+    buf = torch.zeros(1, 1, sizes[0], dtype=torch.float64)
+    n = max(min(length, sizes[0] - offsets[0]), 0)  # data past the buffer is never read
+    buf[..., offsets[0] : offsets[0] + n] = x[..., :n]
+    for i, (la, w) in enumerate(zip(layers, weights, strict=True)):
+        buf = F.conv1d(buf, w, stride=la.stride)
+        if i + 1 < len(layers):
+            assert buf.shape[-1] == sizes[i + 1]
+            keep = torch.zeros_like(buf, dtype=torch.bool)
+            keep[..., offsets[i + 1] : offsets[i + 1] + lengths[i + 1]] = True
+            buf = torch.where(keep, buf, torch.zeros_like(buf))
+    assert buf.shape == want.shape
+    torch.testing.assert_close(buf, want, rtol=1e-12, atol=1e-12)
