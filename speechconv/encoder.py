@@ -16,6 +16,10 @@ batch, up to float rounding) comes from :mod:`speechconv.masking`:
 * every layer's output is zero past each utterance's output length (what forward
   hooks, e.g. the shape inspector's, see), and so is the encoder's.
 
+Chained eval (eager, no autograd, batch norms on running statistics): each conv's
+output is the next conv's padded input as it stands, and the batch runs in groups of
+a few utterances whose buffers stay in cache (:meth:`ConvBranch._forward_chained`).
+
 Placed outputs (eager mode): a layer followed by another writes its output straight
 into the next conv's zero-padded input, each utterance at that conv's offset, instead
 of returning it for the next layer to copy there (the training norm does it inside its
@@ -121,6 +125,7 @@ class MaskedConv2dLayer(nn.Module):
                 f"({in_freq} input rows + padding {fg.padding!r}); use a smaller kernel, 'same' padding or fewer "
                 f"subsampling layers before it"
             )
+        self.in_freq = in_freq
         self.out_freq = shapes.conv_out_length(in_freq, fg.kernel, fg.stride, fg.padding)
         assert self.out_freq == (padded_freq - fg.kernel) // fg.stride + 1, (
             f"encoder {index}: frequency padding {self.freq_before}+{self.freq_after} disagrees with shapes.py"
@@ -193,11 +198,7 @@ class MaskedConv2dLayer(nn.Module):
             if not self.fuse_relu:
                 y = self.act(y)
             return self.dropout(y)
-        if norm is not None:
-            weight, bias = norm.fold(self.conv.weight, self.conv.bias)
-            y = nn.functional.conv2d(x, weight, bias, self.conv.stride)
-        else:
-            y = self.conv(x)
+        y = self.conv_folded(x)
         if place is not None:
             return masking.place_frames(y, torch.jit.annotate(list[int], out_lengths.tolist()), place, self.fuse_relu)
         y = self.dropout(self.act(y))
@@ -206,6 +207,26 @@ class MaskedConv2dLayer(nn.Module):
         else:
             y = masking.zero_padding_(y, out_lengths)
         return y
+
+    def conv_folded(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv with the batch norm, if any, folded in (eval, running statistics):
+        ``(B, C, span, F_pad)`` -> ``(B, C', T', F')``."""
+        norm = self.norm
+        if norm is not None:
+            weight, bias = norm.fold(self.conv.weight, self.conv.bias)
+            return nn.functional.conv2d(x, weight, bias, self.conv.stride)
+        return self.conv(x)
+
+    @torch.jit.unused
+    def is_fixed_map(self) -> bool:
+        """Whether the layer maps each input to one output whatever else is in the batch:
+        its batch norm (if any) uses running statistics and its dropout is inactive (its
+        own flag: Monte Carlo dropout runs it in an eval-mode layer).  Such layers can be
+        chained (:meth:`ConvBranch._forward_chained`)."""
+        norm = self.norm
+        if norm is not None and (self.training or not norm.track_running_stats):
+            return False
+        return isinstance(self.dropout, nn.Identity) or not self.dropout.training
 
     @torch.jit.unused
     def can_place_output(self) -> bool:
@@ -234,10 +255,17 @@ def _hooked(module: nn.Module) -> bool:
 class ConvBranch(nn.Module):
     """A stack of :class:`MaskedConv2dLayer` (one branch of the encoder).
 
+    Three forwards: chained (eager, no autograd, every layer a fixed map:
+    :meth:`_forward_chained`), placed (eager: :meth:`_forward_placed`) and layer by layer
+    (hooks, TorchScript).  Placed and layer by layer give the same values bit for bit;
+    chained runs its convs on other shapes, and agrees with them to float32 rounding.
+
     Shapes:
         ``forward(x, lengths)``: ``(B, C, T, F)``, ``(B,)`` -> ``(B, C', T', F')`` zero
         past each output length, and ``(B,)`` output lengths.
     """
+
+    __jit_ignored_attributes__ = ["freq_sizes", "freq_offsets"]
 
     def __init__(self, layers: list[LayerConfig], in_channels: int, in_freq: int, name: str) -> None:
         super().__init__()
@@ -248,10 +276,28 @@ class ConvBranch(nn.Module):
             in_channels, in_freq = mod.out_channels, mod.out_freq
         self.layers = nn.ModuleList(mods)
         self.out_channels, self.out_freq = in_channels, in_freq
+        self.freq_sizes, self.freq_offsets = self._chain_frequency(mods)
+
+    @staticmethod
+    def _chain_frequency(mods: list[MaskedConv2dLayer]) -> tuple[list[int], list[int]]:
+        """Each conv's chained buffer rows and data offset along frequency
+        (:func:`speechconv.shapes.chained_sizes`, :func:`speechconv.shapes.chained_offsets`);
+        empty lists when the first conv's input would have no data row (paddings wider
+        than the kernels), where the chained path is not used."""
+        last = mods[-1]
+        last_span = last.freq_before + last.in_freq + last.freq_after
+        sizes = shapes.chained_sizes([m.conv.kernel_size[1] for m in mods], [m.conv.stride[1] for m in mods],
+                                     last_span)
+        offsets = shapes.chained_offsets([m.conv.stride[1] for m in mods], [m.freq_before for m in mods])
+        if sizes[0] - offsets[0] < 1:
+            return [], []
+        return sizes, offsets
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, C, T, F)``, ``(B,)`` -> ``(B, C', T', F')``, ``(B,)``."""
         if not torch.jit.is_scripting():
+            if self._can_chain():
+                return self._forward_chained(x, lengths)
             return self._forward_placed(x, lengths)
         for layer in self.layers:
             x, lengths = layer(x, lengths)
@@ -287,6 +333,102 @@ class ConvBranch(nn.Module):
             x = layer.forward_padded(x, out_lengths, place)
             lengths = out_lengths
         return x, lengths
+
+    @torch.jit.unused
+    def _can_chain(self) -> bool:
+        """Whether :meth:`_forward_chained` applies: no autograd recording, every layer a
+        fixed map (:meth:`MaskedConv2dLayer.is_fixed_map`) without hooks, and a frequency
+        chain (:meth:`_chain_frequency`)."""
+        return (not torch.is_grad_enabled() and bool(self.freq_sizes)
+                and all(layer.is_fixed_map() and not _hooked(layer) for layer in self.layers))
+
+    @torch.jit.unused
+    def _forward_chained(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eval forward with no copy between convs, in groups of consecutive utterances.
+
+        Each conv's output, after the activation, *is* the next conv's padded input: the
+        first conv's input buffer is made big enough, and each utterance placed far enough
+        in, that every later buffer comes out of the conv before it with the data where
+        the layer-by-layer path would copy it (:func:`speechconv.shapes.chained_sizes`,
+        :func:`speechconv.shapes.chained_offsets`); all that is left between convs is to
+        zero what lies outside the data (:func:`speechconv.masking.zero_margins_`).  The
+        values of the layers called in turn, up to float32 rounding: oneDNN chooses its
+        kernels, and so its summation order, by the shapes it is given, and these differ
+        (tests/test_encoder.py: within 4e-7 of outputs up to 1.7, a third bit for bit).
+
+        Groups: the utterances run :data:`CHAIN_GROUP_ELEMENTS` conv-output elements at a
+        time, each group cut to its own longest utterance, and are copied into the
+        output.  A group's buffers then come back from the allocator's free lists and
+        mostly stay in cache, where whole-batch buffers of tens of MB are fresh pages on
+        every call (``bench/encoder.py``: eval 2-6x plain ``nn.Sequential``).
+
+        ``(B, C, T, F)``, ``(B,)`` -> ``(B, C', T', F')``, ``(B,)``."""
+        layers = list(self.layers)
+        b_size, t_size = x.shape[0], x.shape[2]
+        per_utterance, out_time = 0, t_size
+        for layer, out_rows in zip(layers, self.freq_sizes[1:] + [self.out_freq], strict=True):
+            out_time = shapes.conv_out_length_int(out_time, layer.time_kernel, layer.time_stride, layer.time_same,
+                                                  layer.time_pad)
+            per_utterance = max(per_utterance, layer.out_channels * out_time * out_rows)
+        group = max(1, CHAIN_GROUP_ELEMENTS // max(per_utterance, 1))
+        if group >= b_size and int(lengths.max()) == t_size:
+            return self._chain_group(x, lengths)
+        out = masking.conv_layout(x.new_empty(b_size, out_time, self.out_freq, self.out_channels))
+        out_lengths = []
+        for b0 in range(0, b_size, group):
+            y, group_lengths = self._chain_group(x[b0 : b0 + group], lengths[b0 : b0 + group])
+            t = y.shape[2]
+            out[b0 : b0 + group, :, :t].copy_(y)
+            out[b0 : b0 + group, :, t:].zero_()
+            out_lengths.append(group_lengths)
+        return out, torch.cat(out_lengths)
+
+    @torch.jit.unused
+    def _chain_group(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_forward_chained` of one group, cut to its longest utterance:
+        ``(b, C, T, F)``, ``(b,)`` -> ``(b, C', T'', F')`` with ``T''`` the output frames
+        of ``max(lengths)`` input frames, and ``(b,)`` output lengths."""
+        layers = list(self.layers)
+        num_frames = int(lengths.max())
+        geometries, lens = [], lengths
+        for layer in layers:
+            geometries.append(layer.geometry(num_frames, lens))
+            num_frames, lens = geometries[-1][0], geometries[-1][1]
+        sizes = shapes.chained_sizes([layer.time_kernel for layer in layers], [layer.time_stride for layer in layers],
+                                     geometries[-1][3])
+        pads = [g[2].tolist() for g in geometries]
+        offsets = [shapes.chained_offsets([layer.time_stride for layer in layers], list(per_layer))
+                   for per_layer in zip(*pads, strict=True)]  # offsets[b][l]
+        fq, fo = self.freq_sizes, self.freq_offsets
+        keep = min(x.shape[3], fq[0] - fo[0])  # frequency rows of the input any output reads
+        y = masking.place_frames(x[:, :, :, :keep], lengths.tolist(), ([o[0] for o in offsets], sizes[0], fo[0],
+                                 fq[0] - fo[0] - keep), False)  # (b, C, sizes[0], fq[0])
+        for i, layer in enumerate(layers):
+            y = layer.act(layer.conv_folded(y))  # (b, C_i, size_i, fq_i) -> (b, C_i+1, size_i+1, fq_i+1)
+            if i + 1 < len(layers):
+                nxt = layers[i + 1]
+                # Conv i+1's valid outputs read utterance b's frames from pads[i+1][b] before
+                # its data on: zeros are needed up to the end of that span only (no valid
+                # output reads what lies past it).
+                ends = [o[i + 1] - pad + shapes.conv_input_span(n, nxt.time_kernel, nxt.time_stride)
+                        for o, pad, n in zip(offsets, pads[i + 1], geometries[i + 1][1].tolist(), strict=True)]
+                # (b, C', T', F') -> (b, T', F', C'): a view of channels_last output; a copy
+                # after a single-channel input (contiguous strides in, NCHW out), so that
+                # the next conv reads the layout of the layer-by-layer buffer, and rounds alike
+                rows = y.permute(0, 2, 3, 1).contiguous()
+                masking.zero_margins_(rows, [o[i + 1] for o in offsets], geometries[i][1].tolist(), fo[i + 1],
+                                      layer.out_freq, ends)
+                y = masking.conv_layout(rows)  # one channel: contiguous strides (oneDNN single-channel bug)
+        return masking.zero_padding_(y, lens), lens
+
+
+CHAIN_GROUP_ELEMENTS = 1_500_000
+"""Largest conv output per group of :meth:`ConvBranch._forward_chained`, in elements
+(6 MB of float32).  Measured on the default encoder, B=16, T=1000 (2.6 MB of first-conv
+output per utterance; this budget makes groups of 2), 1 and 2 threads, both page sizes
+of ``bench/encoder.py``: groups of 2 utterances ran as fast as or up to 1.3x faster than
+groups of 1 or 3, and 1.8x (huge pages) to 2.9x (4 KB pages) faster than the whole
+batch at once."""
 
 
 class ConvEncoder(nn.Module):

@@ -188,27 +188,51 @@ def placed_buffer(rows: torch.Tensor, lens: list[int], place: Placement) -> tupl
     Returns:
         ``(buf, counts)``: ``buf`` ``(B, out_time, freq_before + F + freq_after, C)``, zero
         everywhere except utterance ``b``'s rectangle ``[offsets[b], offsets[b] + counts[b])
-        x [freq_before, freq_before + F)``, which the caller fills; ``counts[b] =
-        min(lens[b], out_time - offsets[b])`` frames (later ones would lie past the buffer,
-        where no conv output reads them).
+        x [freq_before, freq_before + F)``, which the caller fills; ``counts`` as
+        :func:`zero_margins_` gives them.
     """
     offsets, out_time, fb, fa = place
     b_size, _, f_size, c_size = rows.shape
     buf = rows.new_empty((b_size, out_time, fb + f_size + fa, c_size))
-    if fb > 0:  # the frequency margins of every frame, one op each for the whole batch
-        buf[:, :, :fb].zero_()
-    if fa > 0:
-        buf[:, :, fb + f_size :].zero_()
+    return buf, zero_margins_(buf, offsets, lens, fb, f_size)
+
+
+def zero_margins_(buf: torch.Tensor, offsets: list[int], lens: list[int], freq_before: int,
+                  freq_size: int, ends: list[int] | None = None) -> list[int]:
+    """Zero, in place, everything of ``buf`` outside each utterance's data rectangle.
+
+    Args:
+        buf: ``(B, T, F_buf, C)`` (the ``(B, T, F, C)`` view of a conv-layout buffer).
+        offsets: ``B`` frames before each utterance's data.
+        lens: ``B`` frames of data per utterance.
+        freq_before, freq_size: the data's rows along frequency, the same for every
+            utterance (rows past ``F_buf`` are dropped).
+        ends: optional ``B`` frames: past its data, utterance ``b``'s frames are zeroed
+            only up to ``ends[b]`` (the frames its valid conv outputs read; later ones are
+            left as they are, for a buffer whose every value is finite).
+
+    Returns:
+        ``counts``: ``counts[b] = min(lens[b], T - offsets[b])`` (at least 0) frames of
+        utterance ``b`` lie in the buffer (later ones would lie past it, where no conv
+        output reads them).  The rectangle ``[offsets[b], offsets[b] + counts[b]) x
+        [freq_before, freq_before + freq_size)`` is left as it is.
+    """
+    t_size, f_buf = buf.shape[1], buf.shape[2]
+    if freq_before > 0:  # the frequency margins of every frame, one op each for the whole batch
+        buf[:, :, :freq_before].zero_()
+    if freq_before + freq_size < f_buf:
+        buf[:, :, freq_before + freq_size :].zero_()
     counts: list[int] = []
-    for b in range(b_size):
+    for b in range(buf.shape[0]):
         p = offsets[b]
-        n = max(min(lens[b], out_time - p), 0)
+        n = max(min(lens[b], t_size - p), 0)
         counts.append(n)
         if p > 0:
             buf[b, :p].zero_()
-        if p + n < out_time:
-            buf[b, p + n :].zero_()
-    return buf, counts
+        end = t_size if ends is None else min(ends[b], t_size)
+        if p + n < end:
+            buf[b, p + n : end].zero_()
+    return counts
 
 
 def place_frames(x: torch.Tensor, lens: list[int], place: Placement, relu: bool) -> torch.Tensor:

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from speechconv import masking
+from speechconv import encoder, masking
 from speechconv.encoder import ConvEncoder
 from speechconv.encoder_config import EncoderConfig, LayerConfig
 
@@ -425,9 +425,15 @@ def test_placed_outputs_equal_layer_by_layer(case, dropout, train, activations, 
     """Layers writing their outputs straight into the next conv's padded input
     (ConvBranch._forward_placed) give the outputs, input and parameter gradients and
     running statistics of the layers run one by one, bit for bit, in training (autograd)
-    and in eval (no autograd); dropout and non-ReLU activations fall back to the copy.
-    Stacks of 2-3 layers, mostly ReLU (the activation that is placed), one layer in two
-    with dropout."""
+    and in eval (no autograd; the chained path, tested below, switched off); dropout and
+    non-ReLU activations fall back to the copy.  Stacks of 2-3 layers, mostly ReLU (the
+    activation that is placed), one layer in two with dropout."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(encoder.ConvBranch, "_can_chain", lambda self: False)
+        _check_placed_equals_layer_by_layer(case, dropout, train, activations, norms)
+
+
+def _check_placed_equals_layer_by_layer(case, dropout, train, activations, norms) -> None:
     enc, layers, lengths, extra, seed = case
     assume(len(layers) >= 2)
     layers = [dataclasses.replace(lc, activation=act, batch_norm=norm, dropout=dropout if i % 2 else 0.0)
@@ -461,6 +467,73 @@ def test_placed_outputs_equal_layer_by_layer(case, dropout, train, activations, 
         h.remove()
 
 
+@settings(SETTINGS, max_examples=60)
+@given(encoders_and_batches(), st.lists(st.sampled_from(["relu", "relu", "none", "gelu", "tanh"]), min_size=3,
+                                        max_size=3),
+       st.lists(st.booleans(), min_size=3, max_size=3), st.sampled_from([1, 40, 10**9]))
+def test_chained_eval_equals_layer_by_layer(case, activations, norms, budget) -> None:
+    """Eval without autograd chains the convs (ConvBranch._forward_chained: each conv's
+    output is the next conv's padded input, utterances in groups of at most ``budget``
+    output elements, each group cut to its longest utterance).  Every utterance's output
+    equals the layers run one by one, and frames past each output length are exactly 0.
+
+    Not bit for bit: the chained buffers, the groups and the cut change the shapes the
+    convs run on, and oneDNN chooses its kernels (and so its summation order) by shape.
+    Measured over 120 of these cases: 37 bit for bit, the rest at most 3.6e-7 apart at
+    outputs up to 1.7 (a few float32 ulps); the tolerance is the issue's
+    batched-equals-alone one (1e-5)."""
+    enc, layers, lengths, extra, seed = case
+    layers = [dataclasses.replace(lc, activation=act, batch_norm=norm)
+              for lc, act, norm in zip(layers, activations, norms, strict=False)]
+    enc = ConvEncoder(EncoderConfig(layers=layers), enc.input_freq, enc.input_channels).eval()
+    _randomise_bn(enc, seed)
+    twin = ConvEncoder(enc.config, enc.input_freq, enc.input_channels).eval()
+    twin.load_state_dict(enc.state_dict())
+    handles = _layer_by_layer(twin)
+    x = _batch(lengths, int(lengths.max()) + extra, enc, seed)
+    groups = []
+    chain_group = encoder.ConvBranch._chain_group
+    with pytest.MonkeyPatch.context() as mp, torch.no_grad():
+        mp.setattr(encoder, "CHAIN_GROUP_ELEMENTS", budget)
+        mp.setattr(encoder.ConvBranch, "_chain_group",
+                   lambda self, *args: groups.append(args[0].shape[0]) or chain_group(self, *args))
+        out, out_len = enc(x, lengths)
+        want, want_len = twin(x, lengths)
+    assert (sum(groups) == len(lengths)) or not enc.branches[0].freq_sizes, "the chained path did not run"
+    assert out.shape == want.shape and torch.equal(out_len, want_len)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    for b, t in enumerate(out_len.tolist()):
+        assert (out[b, t:] == 0).all()
+    for h in handles:
+        h.remove()
+
+
+def test_chained_eval_runs_for_the_default_encoder() -> None:
+    """The default encoder in eval under no_grad or inference_mode takes the chained path;
+    with autograd recording, or with a hook on a layer, it does not."""
+    enc, calls = ConvEncoder().eval(), []
+    original = encoder.ConvBranch._chain_group
+
+    def counting(self, *args):
+        calls.append(1)
+        return original(self, *args)
+
+    x, lengths = torch.randn(3, 40, 80, 3), torch.tensor([40, 31, 22])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(encoder.ConvBranch, "_chain_group", counting)
+        with torch.no_grad():
+            enc(x, lengths)
+        with torch.inference_mode():
+            enc(x, lengths)
+        assert len(calls) == 2
+        enc(x, lengths)
+        handle = enc.branches[0].layers[1].register_forward_hook(lambda *args: None)
+        with torch.no_grad():
+            enc(x, lengths)
+        handle.remove()
+        assert len(calls) == 2
+
+
 def test_placed_path_runs_for_the_default_encoder() -> None:
     """The default encoder's first layer writes into the second conv's buffer in training
     and in eval: pad_per_utterance (the copy) runs once per forward, for the first conv."""
@@ -474,6 +547,7 @@ def test_placed_path_runs_for_the_default_encoder() -> None:
     x, lengths = torch.randn(3, 40, 80, 3), torch.tensor([40, 31, 22])
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(masking, "pad_per_utterance", counting)
+        mp.setattr(encoder.ConvBranch, "_can_chain", lambda self: False)  # eval: the placed path
         enc.train()(x, lengths)[0].sum().backward()
         with torch.no_grad():
             enc.eval()(x, lengths)
