@@ -208,8 +208,8 @@ def zero_margins_(buf: torch.Tensor, offsets: list[int], lens: list[int], freq_b
         freq_before, freq_size: the data's rows along frequency, the same for every
             utterance (rows past ``F_buf`` are dropped).
         ends: optional ``B`` frames: past its data, utterance ``b``'s frames are zeroed
-            only up to ``ends[b]`` (the frames its valid conv outputs read; later ones are
-            left as they are, for a buffer whose every value is finite).
+            only up to ``ends[b]``, the end of what its valid conv outputs read (later
+            frames are left as they are: only outputs past the lengths read them).
 
     Returns:
         ``counts``: ``counts[b] = min(lens[b], T - offsets[b])`` (at least 0) frames of

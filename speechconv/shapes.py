@@ -295,9 +295,8 @@ def conv_input_span(out_length: int, kernel: int, stride: int) -> int:
 # ``s r .. s r + k - 1``; so with conv l+1's data at ``offset_{l+1}``, conv l's output
 # element ``offset_{l+1} + j`` reads what the layer-by-layer output j reads when conv
 # l's own data sits at ``offset_l = pad_l + s_l offset_{l+1}``.  Elements outside the
-# data must be zero wherever they are read: the caller zeroes every element of every
-# buffer outside its data (and drops data that falls past the buffer's end, which no
-# output reads).
+# data must be zero wherever a valid output reads them: the caller zeroes them (and
+# drops data that falls past the buffer's end, which no output reads).
 
 
 def chained_sizes(kernels: Sequence[int], strides: Sequence[int], last_span: int) -> list[int]:
