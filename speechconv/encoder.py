@@ -244,12 +244,15 @@ class MaskedConv2dLayer(nn.Module):
 
 
 def _hooked(module: nn.Module) -> bool:
-    """Whether calling ``module`` runs hooks (forward or backward, its own or global ones)
-    that would see its input, output or their gradients."""
+    """Whether calling ``module`` runs hooks (forward or backward, on it or on one of its
+    submodules, e.g. ``layer.act``, or global ones) that would see an input, an output or
+    their gradients."""
     g = nn.modules.module
-    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or module._backward_pre_hooks or g._global_forward_hooks or g._global_forward_pre_hooks
-                or g._global_backward_hooks or g._global_backward_pre_hooks)
+    if g._global_forward_hooks or g._global_forward_pre_hooks or g._global_backward_hooks \
+            or g._global_backward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+               for m in module.modules())
 
 
 class ConvBranch(nn.Module):
@@ -296,7 +299,7 @@ class ConvBranch(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, C, T, F)``, ``(B,)`` -> ``(B, C', T', F')``, ``(B,)``."""
         if not torch.jit.is_scripting():
-            if self._can_chain():
+            if x.shape[0] > 0 and self._can_chain():
                 return self._forward_chained(x, lengths)
             return self._forward_placed(x, lengths)
         for layer in self.layers:

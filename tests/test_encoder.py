@@ -534,6 +534,22 @@ def test_chained_eval_runs_for_the_default_encoder() -> None:
         assert len(calls) == 2
 
 
+def test_empty_batch_and_submodule_hooks_in_eval() -> None:
+    """Found in review of the chained path: an empty batch in eval under no_grad gives an
+    empty output (it raised in lengths.max()), and a hook on a layer's submodule (here
+    its activation) sees the layer-by-layer tensor, not the chained buffer."""
+    enc = ConvEncoder().eval()
+    with torch.no_grad():
+        out, out_len = enc(torch.randn(0, 20, 80, 3), torch.zeros(0, dtype=torch.long))
+    assert out.shape == (0, 5, 20, 32) and out_len.shape == (0,)
+    seen = []
+    handle = enc.branches[0].layers[0].act.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
+    with torch.no_grad():
+        enc(torch.randn(2, 30, 80, 3), torch.tensor([30, 21]))
+    handle.remove()
+    assert seen == [(2, 32, 15, 40)]
+
+
 def test_placed_path_runs_for_the_default_encoder() -> None:
     """The default encoder's first layer writes into the second conv's buffer in training
     and in eval: pad_per_utterance (the copy) runs once per forward, for the first conv."""
