@@ -188,7 +188,8 @@ class MaskedConv2dLayer(nn.Module):
             padded input ``(B, C', span', F_pad')``; channels_last strides.
         """
         norm = self.norm
-        if norm is not None and (self.training or not norm.track_running_stats):
+        if self.batch_statistics():
+            assert norm is not None
             y = self.conv(x)
             lens = torch.jit.annotate(list[int], out_lengths.tolist())
             # Statistics over valid frames by per-utterance reductions, output zero on
@@ -208,6 +209,18 @@ class MaskedConv2dLayer(nn.Module):
             y = masking.zero_padding_(y, out_lengths)
         return y
 
+    def batch_statistics(self) -> bool:
+        """Whether the batch norm normalises by the batch's own statistics (training, or
+        no running statistics kept), rather than being folded into the conv."""
+        norm = self.norm
+        return norm is not None and (self.training or not norm.track_running_stats)
+
+    @torch.jit.unused
+    def dropping(self) -> bool:
+        """Whether the dropout is active, by its own flag (Monte Carlo dropout runs it in
+        an eval-mode layer)."""
+        return self.dropout.training and not isinstance(self.dropout, nn.Identity)
+
     def conv_folded(self, x: torch.Tensor) -> torch.Tensor:
         """The conv with the batch norm, if any, folded in (eval, running statistics):
         ``(B, C, span, F_pad)`` -> ``(B, C', T', F')``."""
@@ -220,13 +233,9 @@ class MaskedConv2dLayer(nn.Module):
     @torch.jit.unused
     def is_fixed_map(self) -> bool:
         """Whether the layer maps each input to one output whatever else is in the batch:
-        its batch norm (if any) uses running statistics and its dropout is inactive (its
-        own flag: Monte Carlo dropout runs it in an eval-mode layer).  Such layers can be
-        chained (:meth:`ConvBranch._forward_chained`)."""
-        norm = self.norm
-        if norm is not None and (self.training or not norm.track_running_stats):
-            return False
-        return isinstance(self.dropout, nn.Identity) or not self.dropout.training
+        its batch norm (if any) uses running statistics and its dropout is inactive.  Such
+        layers can be chained (:meth:`ConvBranch._forward_chained`)."""
+        return not self.batch_statistics() and not self.dropping()
 
     @torch.jit.unused
     def can_place_output(self) -> bool:
@@ -234,13 +243,9 @@ class MaskedConv2dLayer(nn.Module):
         conv's padded input: after the conv only ReLU (or nothing) and no active dropout,
         and either the training norm's autograd Function does the writing or no autograd
         is recording (eval: per-utterance slice writes)."""
-        dropping = self.dropout.training and not isinstance(self.dropout, nn.Identity)  # its own flag: Monte
-        if self.activation not in ("relu", "none") or dropping:  # Carlo dropout runs it in an eval-mode layer
+        if self.activation not in ("relu", "none") or self.dropping():
             return False
-        norm = self.norm
-        if norm is not None and (self.training or not norm.track_running_stats):
-            return True
-        return not torch.is_grad_enabled()
+        return self.batch_statistics() or not torch.is_grad_enabled()
 
 
 def _hooked(module: nn.Module) -> bool:
@@ -289,9 +294,9 @@ class ConvBranch(nn.Module):
         than the kernels), where the chained path is not used."""
         last = mods[-1]
         last_span = last.freq_before + last.in_freq + last.freq_after
-        sizes = shapes.chained_sizes([m.conv.kernel_size[1] for m in mods], [m.conv.stride[1] for m in mods],
-                                     last_span)
-        offsets = shapes.chained_offsets([m.conv.stride[1] for m in mods], [m.freq_before for m in mods])
+        strides = [m.conv.stride[1] for m in mods]
+        sizes = shapes.chained_sizes([m.conv.kernel_size[1] for m in mods], strides, last_span)
+        offsets = shapes.chained_offsets(strides, [m.freq_before for m in mods])
         if sizes[0] - offsets[0] < 1:
             return [], []
         return sizes, offsets
@@ -398,11 +403,10 @@ class ConvBranch(nn.Module):
         for layer in layers:
             geometries.append(layer.geometry(num_frames, lens))
             num_frames, lens = geometries[-1][0], geometries[-1][1]
-        sizes = shapes.chained_sizes([layer.time_kernel for layer in layers], [layer.time_stride for layer in layers],
-                                     geometries[-1][3])
+        strides = [layer.time_stride for layer in layers]
+        sizes = shapes.chained_sizes([layer.time_kernel for layer in layers], strides, geometries[-1][3])
         pads = [g[2].tolist() for g in geometries]
-        offsets = [shapes.chained_offsets([layer.time_stride for layer in layers], list(per_layer))
-                   for per_layer in zip(*pads, strict=True)]  # offsets[b][l]
+        offsets = [shapes.chained_offsets(strides, list(per_layer)) for per_layer in zip(*pads, strict=True)]  # [b][l]
         fq, fo = self.freq_sizes, self.freq_offsets
         keep = min(x.shape[3], fq[0] - fo[0])  # frequency rows of the input any output reads
         y = masking.place_frames(x[:, :, :, :keep], lengths.tolist(), ([o[0] for o in offsets], sizes[0], fo[0],

@@ -222,16 +222,24 @@ def zero_margins_(buf: torch.Tensor, offsets: list[int], lens: list[int], freq_b
         buf[:, :, :freq_before].zero_()
     if freq_before + freq_size < f_buf:
         buf[:, :, freq_before + freq_size :].zero_()
-    counts: list[int] = []
-    for b in range(buf.shape[0]):
+    counts = placed_counts(offsets, lens, t_size)
+    for b, n in enumerate(counts):
         p = offsets[b]
-        n = max(min(lens[b], t_size - p), 0)
-        counts.append(n)
         if p > 0:
             buf[b, :p].zero_()
         end = t_size if ends is None else min(ends[b], t_size)
         if p + n < end:
             buf[b, p + n : end].zero_()
+    return counts
+
+
+def placed_counts(offsets: list[int], lens: list[int], t_size: int) -> list[int]:
+    """Frames of each utterance that lie in a ``t_size``-frame buffer when its ``lens[b]``
+    frames start at ``offsets[b]``: ``max(min(lens[b], t_size - offsets[b]), 0)`` (later
+    ones would lie past the buffer, where no conv output reads them)."""
+    counts: list[int] = []
+    for b in range(len(lens)):
+        counts.append(max(min(lens[b], t_size - offsets[b]), 0))
     return counts
 
 
@@ -283,17 +291,11 @@ class _PadPerUtterance(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
         b_size, c_size, t_size, f_size = ctx.x_shape
-        if ctx.x_channels_last:
-            grad_x = conv_layout(grad.new_empty((b_size, t_size, f_size, c_size)))  # (B, C, T, F), channels_last
-        else:
-            grad_x = grad.new_empty((b_size, c_size, t_size, f_size))
-        fb = ctx.freq_before
-        for b in range(b_size):
-            n = max(min(ctx.lens[b], grad.shape[2] - ctx.offsets[b]), 0)
-            p = ctx.offsets[b]
-            grad_x[b, :, :n].copy_(grad[b, :, p : p + n, fb : fb + f_size])
-            grad_x[b, :, n:].zero_()  # frames never read by the conv
-        return grad_x, None, None, None, None, None
+        counts = placed_counts(ctx.offsets, ctx.lens, grad.shape[2])
+        g = _unplace_gradient(grad, None, (b_size, t_size, f_size, c_size), ctx.offsets, counts, ctx.freq_before,
+                              False)  # (B, T, F, C), zero on frames never read by the conv
+        grad_x = g.permute(0, 3, 1, 2)  # (B, T, F, C) -> (B, C, T, F), channels_last strides
+        return (grad_x if ctx.x_channels_last else grad_x.contiguous()), None, None, None, None, None
 
 
 def _check_count(count: int) -> None:
@@ -453,7 +455,7 @@ class _MaskedBatchNormFn(torch.autograd.Function):
         x, weight, mean, invstd, result = ctx.saved_tensors
         rows = x.permute(0, 2, 3, 1).contiguous()  # (B, C, T, F) -> (B, T, F, C)
         if ctx.place is not None:
-            g = _unplace_gradient(grad, result, rows, ctx.place[0], ctx.counts, ctx.place[2], ctx.relu)
+            g = _unplace_gradient(grad, result, rows.shape, ctx.place[0], ctx.counts, ctx.place[2], ctx.relu)
         elif ctx.relu:
             # A new tensor (the gradient through the ReLU), updated in place below.
             g = torch.ops.aten.threshold_backward(grad, result, 0).permute(0, 2, 3, 1).contiguous()
@@ -474,15 +476,16 @@ class _MaskedBatchNormFn(torch.autograd.Function):
 
 
 def _unplace_gradient(
-    grad: torch.Tensor, result: torch.Tensor | None, rows: torch.Tensor, offsets: list[int], counts: list[int],
-    fb: int, relu: bool,
+    grad: torch.Tensor, result: torch.Tensor | None, shape: tuple[int, int, int, int], offsets: list[int],
+    counts: list[int], fb: int, relu: bool,
 ) -> torch.Tensor:
-    """The gradient of a placed output (:class:`_MaskedBatchNormFn`) back at the frames'
-    own places: ``grad`` and ``result`` ``(B, C, out_time, F_pad)`` -> a new ``(B, T, F, C)``
-    tensor like ``rows``, through the ReLU's mask when ``relu``, zero on frames never placed."""
-    g = rows.new_empty(rows.shape)
+    """The gradient of a placed output (:class:`_MaskedBatchNormFn`, :class:`_PadPerUtterance`)
+    back at the frames' own places: ``grad`` and ``result`` ``(B, C, out_time, F_pad)`` -> a
+    new contiguous ``(B, T, F, C)`` tensor of ``shape``, through the ReLU's mask when
+    ``relu``, zero on frames never placed."""
+    g = grad.new_empty(shape)
     grad_rows = grad.permute(0, 2, 3, 1)  # (B, C, out_time, F_pad) -> (B, out_time, F_pad, C)
-    f_size = rows.shape[2]
+    f_size = shape[2]
     for b, n in enumerate(counts):
         if n > 0:
             src = grad_rows[b, offsets[b] : offsets[b] + n, fb : fb + f_size]
