@@ -27,6 +27,8 @@ an utterance's length in the output are unspecified (the caller zeroes them).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from speechconv.feature_config import ORDER2_RULES
@@ -36,6 +38,17 @@ def delta_taps(window: int) -> torch.Tensor:
     """The ``2N + 1`` first-order taps ``n / (2 sum n^2)`` for ``n = -N..N`` (float64)."""
     n = torch.arange(-window, window + 1, dtype=torch.float64)
     return n / (2 * (n[window + 1 :] ** 2).sum())
+
+
+@functools.cache
+def tap_weights(window: int) -> tuple[float, ...]:
+    """:func:`delta_taps` as Python floats, checked antisymmetric once per ``window``
+    (the feature stage calls :func:`apply_taps` a few times per batch, so the float64
+    arithmetic is not redone there)."""
+    w = tuple(delta_taps(window).tolist())
+    K = window
+    assert K >= 1 and all(w[K + n] == -w[K - n] for n in range(K + 1)), f"taps {w} are not antisymmetric"
+    return w
 
 
 def kaldi_order2_taps(window: int) -> torch.Tensor:
@@ -90,27 +103,25 @@ def pad_replicate(features: torch.Tensor, lengths: torch.Tensor, pad: int) -> to
     return replicate_edges_(out, lengths, pad)
 
 
-def apply_taps(padded: torch.Tensor, taps: torch.Tensor, num_frames: int,
+def apply_taps(padded: torch.Tensor, w: tuple[float, ...], num_frames: int,
                out: torch.Tensor | None = None) -> torch.Tensor:
-    """Correlate along T with antisymmetric ``taps``: ``out_t = sum_j taps_j padded_{t + j}``.
+    """Correlate along T with antisymmetric taps: ``out_t = sum_j w_j padded_{t + j}``.
 
     Args:
-        padded: ``(B, T + 2K, F)`` from :func:`pad_replicate` with ``K = len(taps) // 2``.
-        taps: ``(2K + 1,)`` weights with ``taps[K + n] = -taps[K - n]`` (the delta taps).
+        padded: ``(B, T + 2K, F)`` from :func:`pad_replicate` with ``K = len(w) // 2``.
+        w: ``2K + 1`` weights with ``w[K + n] = -w[K - n]`` (:func:`tap_weights`).
         num_frames: ``T``.
         out: optional ``(B, T, F)`` destination (may be strided, e.g. one channel of
             ``(B, T, F, C)`` features): the last operation writes straight into it.
 
     Returns:
-        ``(B, T, F)``, computed as ``sum_n taps_{K+n} (padded_{t+K+n} - padded_{t+K-n})``
+        ``(B, T, F)``, computed as ``sum_n w_{K+n} (padded_{t+K+n} - padded_{t+K-n})``
         so that constant input gives exactly 0.  Shifted slices of the contiguous
         ``(B, T, F)`` layout beat a conv1d here: the features are made frame-major,
         and a conv would need two transposes of the whole tensor.
     """
-    K = taps.numel() // 2
+    K = len(w) // 2
     assert padded.shape[1] == num_frames + 2 * K, f"padded has {padded.shape[1]} frames, expected {num_frames}+2*{K}"
-    w = taps.tolist()
-    assert K >= 1 and all(w[K + n] == -w[K - n] for n in range(K + 1)), f"taps {w} are not antisymmetric"
 
     def frame(n: int) -> torch.Tensor:  # padded_{t + K + n} for t = 0 .. T-1
         return padded[:, K + n : K + n + num_frames]
@@ -147,7 +158,7 @@ def deltas_into(extended: torch.Tensor, lengths: torch.Tensor, window: int, rule
     """
     P = context_frames(window, rule, delta_delta_out is not None)
     T = extended.shape[1] - 2 * P
-    taps = delta_taps(window)
+    taps = tap_weights(window)
     replicate_edges_(extended, lengths, P)
     if delta_delta_out is None:
         if delta_out is not None:
@@ -180,7 +191,7 @@ def compute_deltas(features: torch.Tensor, lengths: torch.Tensor, window: int = 
         ``(B, T, F)``, valid on ``t < lengths[b]``.
     """
     T = features.shape[1]
-    return apply_taps(pad_replicate(features, lengths, window), delta_taps(window), T)
+    return apply_taps(pad_replicate(features, lengths, window), tap_weights(window), T)
 
 
 def delta_and_delta_delta(
@@ -205,7 +216,7 @@ def delta_and_delta_delta(
         ``(delta, delta_delta)``, each ``(B, T, F)``, valid on ``t < lengths[b]``.
     """
     T = features.shape[1]
-    taps = delta_taps(window)
+    taps = tap_weights(window)
     if rule == "kaldi":
         extended = apply_taps(pad_replicate(features, lengths, 2 * window), taps, T + 2 * window)
         return extended[:, window : window + T], apply_taps(extended, taps, T)

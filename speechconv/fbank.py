@@ -120,18 +120,29 @@ def padded_window(window: torch.Tensor, n_fft: int, offset: int) -> torch.Tensor
     return F.pad(window, (offset, n_fft - offset - window.numel()))
 
 
+def chunk_shape(B: int, T: int, chunk_frames: int = CHUNK_FRAMES) -> tuple[int, int]:
+    """``(b, t)`` of the largest chunk :func:`map_frame_chunks` cuts from ``(B, T)`` frames:
+    whole utterances, as many as fit in ``chunk_frames``, or runs of at most
+    ``chunk_frames`` frames of one utterance when a single one does not fit."""
+    rows = max(1, chunk_frames // max(T, 1))
+    return min(rows, B), (T if rows > 1 else min(chunk_frames, T))
+
+
 def map_frame_chunks(frames: tuple[torch.Tensor, ...], fn: Callable[..., None], n_out: int,
-                     out: torch.Tensor | None = None, chunk_frames: int = CHUNK_FRAMES) -> torch.Tensor:
+                     out: torch.Tensor | None = None, chunk_frames: int = CHUNK_FRAMES,
+                     scratch: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
     """Apply ``fn`` to matching chunks of frame-aligned tensors, writing into ``out``.
 
     Args:
         frames: tensors ``(B, T, ...)`` sliced alike (frames, per-frame statistics).
-        fn: ``fn(out_chunk (b, t, n_out), *chunks (b, t, ...))`` fills ``out_chunk``;
-            independent per frame.
+        fn: ``fn(out_chunk (b, t, n_out), *chunks (b, t, ...), *scratch_chunks (b, t, ...))``
+            fills ``out_chunk``; independent per frame.
         n_out: last dimension of the output.
         out: optional ``(B, T, n_out)`` destination (may be a strided view).
-        chunk_frames: at most this many frames ``b * t`` per call (whole utterances
-            when they fit, else runs of frames of one utterance).
+        chunk_frames: at most this many frames ``b * t`` per call (:func:`chunk_shape`).
+        scratch: work buffers ``(b, t, ...)`` of the largest chunk's shape, allocated once
+            by the caller and handed to every call as views of the chunk's shape
+            (contiguous: a chunk is a prefix of the largest one).
 
     Returns:
         ``out`` (allocated when not given).
@@ -140,11 +151,13 @@ def map_frame_chunks(frames: tuple[torch.Tensor, ...], fn: Callable[..., None], 
     out = frames[0].new_empty(B, T, n_out) if out is None else out
     if B * T == 0:  # the FFT libraries reject empty input
         return out
-    rows = max(1, chunk_frames // T)
-    t_step = T if rows > 1 else chunk_frames
+    rows, t_step = chunk_shape(B, T, chunk_frames)
+    assert all(s.shape[:2] == (rows, t_step) for s in scratch), f"scratch must be ({rows}, {t_step}, ...)"
     for b0 in range(0, B, rows):
         for t0 in range(0, T, t_step):
-            fn(out[b0 : b0 + rows, t0 : t0 + t_step], *(f[b0 : b0 + rows, t0 : t0 + t_step] for f in frames))
+            chunk = tuple(f[b0 : b0 + rows, t0 : t0 + t_step] for f in (out, *frames))
+            b, t = chunk[0].shape[:2]
+            fn(*chunk, *(s[:b, :t] for s in scratch))
     return out
 
 
@@ -226,13 +239,15 @@ def apply_mel(energy: torch.Tensor, mel: torch.Tensor, blocks: MelBlocks | None 
               out: torch.Tensor | None = None) -> torch.Tensor:
     """Mel energies ``(b, t, K) @ (K, F) -> (b, t, F)``, by blocks when given (:func:`mel_blocks`).
 
-    The blocks are computed transposed, ``mel[lo:hi, a:b]^T @ energy[:, lo:hi]^T`` into
-    ``(F, b*t)``, and copied back transposed: with the frames as the long output rows
-    MKL runs the narrow blocks (14-28 bands) 1.6x faster than as ``(b*t, 14..28)``
-    outputs, which pays for the copy (whole pipeline at 1 thread, two interleaved A/B
-    runs over 3, 10 and 60 s utterances and both backends: 3-9% faster in 11 of the 12
-    cells, the same values bit for bit).  ``out`` (may be a strided view) receives the
-    products; without it a new tensor is returned.
+    The blocks are written into a column-major ``(b*t, F)`` buffer (a transposed view
+    of ``(F, b*t)``) and copied into ``out``: MKL then computes each narrow block
+    (14-28 bands) as ``mel_block^T @ energy_block^T`` with the frames as the long output
+    rows, 1.6x faster than into ``(b*t, 14..28)`` row-major outputs, which pays for the
+    copy (whole pipeline at 1 thread, two interleaved A/B runs over 3, 10 and 60 s
+    utterances and both backends: 3-9% faster in 11 of the 12 cells, the same values
+    bit for bit).  ``torch.mm`` takes the column-major view as ``out`` directly, with
+    fewer view calls per block than transposing each operand.  ``out`` (may be a
+    strided view) receives the products; without it a new tensor is returned.
     """
     flat = energy.reshape(-1, energy.shape[-1])  # (b, t, K) -> (b*t, K), a view of the contiguous energy
     shape = (*energy.shape[:-1], mel.shape[1])
@@ -244,10 +259,10 @@ def apply_mel(energy: torch.Tensor, mel: torch.Tensor, blocks: MelBlocks | None 
             out.copy_(torch.mm(flat, mel).view(shape))  # rows of a padded batch: compute aside, copy
         return out
     rows = flat.shape[0]
-    transposed = flat.new_empty(mel.shape[1], rows + ROW_PAD)[:, :rows]  # (F, b*t), rows ROW_PAD apart
+    columns = flat.new_empty(mel.shape[1], rows + ROW_PAD).t()[:rows]  # (b*t, F), column-major, ROW_PAD apart
     for lo, hi, a, b in blocks:
-        torch.mm(mel[lo:hi, a:b].t(), flat[:, lo:hi].t(), out=transposed[a:b])
-    out.copy_(transposed.t().view(shape))  # (F, b*t) -> (b, t, F)
+        torch.mm(flat[:, lo:hi], mel[lo:hi, a:b], out=columns[:, a:b])
+    out.copy_(columns.view(shape))  # (b*t, F) -> (b, t, F)
     return out
 
 
@@ -292,9 +307,11 @@ def log_mel(waveforms: torch.Tensor, lengths: torch.Tensor, config: FeatureConfi
                                 config.dither * DITHER_SCALE, generator)
     power, floor = config.power, config.log_floor
     placed = padded_window(window, n_fft, frame_offset(config.win_length, n_fft, config.framing))
+    windowed = padded.new_empty(*chunk_shape(waveforms.shape[0], T, CHUNK_FRAMES), n_fft)  # (b, t, n_fft), per chunk
 
-    def chunk(dest: torch.Tensor, frames: torch.Tensor) -> None:
-        spec = torch.fft.rfft(frames * placed)  # (b, t, n_fft) -> (b, t, n_fft//2 + 1)
+    def chunk(dest: torch.Tensor, frames: torch.Tensor, y: torch.Tensor) -> None:
+        spec = torch.fft.rfft(torch.mul(frames, placed, out=y))  # (b, t, n_fft) -> (b, t, n_fft//2 + 1)
         spectrum_to_log_mel(spec, mel, power, floor, blocks, dest)
 
-    return map_frame_chunks((frames_of(padded, T, hop, n_fft),), chunk, mel.shape[1], out)
+    return map_frame_chunks((frames_of(padded, T, hop, n_fft),), chunk, mel.shape[1], out, CHUNK_FRAMES,
+                            scratch=(windowed,))

@@ -29,9 +29,11 @@ import math
 
 import torch
 
+from speechconv import fbank
 from speechconv.fbank import (
     DITHER_SCALE,
     MelBlocks,
+    chunk_shape,
     frame_offset,
     frames_of,
     map_frame_chunks,
@@ -120,18 +122,21 @@ def kaldi_log_fbank(waveforms: torch.Tensor, lengths: torch.Tensor, config: Feat
                                 config.dither * DITHER_SCALE, generator, scale=scale)
     offset = frame_offset(win, n_fft, config.framing)
     end = offset + win
+    b_max, t_max = chunk_shape(waveforms.shape[0], T, fbank.CHUNK_FRAMES)
+    windowed = padded.new_empty(b_max, t_max, n_fft)  # (b, t, n_fft): the FFT input, reused per chunk
+    windowed[..., :offset] = 0.0  # the zero-padding around the window, written once
+    windowed[..., end:] = 0.0
+    centred = padded.new_empty(b_max, t_max, win)  # (b, t, win): DC-removed samples
 
-    def chunk(dest: torch.Tensor, frames: torch.Tensor) -> None:
+    def chunk(dest: torch.Tensor, frames: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> None:
         x = frames[..., offset:end]  # (b, t, n_fft) -> (b, t, win), a view
         if remove_dc:
-            x = x - x.mean(-1, keepdim=True)
-        y = frames.new_empty(frames.shape)  # (b, t, n_fft): the window's samples, zero-padded
-        y[..., :offset] = 0.0
-        y[..., end:] = 0.0
-        body = y[..., offset:end]
+            x = torch.sub(x, x.mean(-1, keepdim=True), out=z)
+        body = y[..., offset:end]  # the window's samples; the rest of y stays zero
         if c:
-            torch.mul(x[..., :-1], c, out=body[..., 1:])  # two roundings, as Kaldi: x_i - (c x_{i-1})
-            torch.sub(x[..., 1:], body[..., 1:], out=body[..., 1:])
+            rest = body[..., 1:]
+            torch.mul(x[..., :-1], c, out=rest)  # two roundings, as Kaldi: x_i - (c x_{i-1})
+            torch.sub(x[..., 1:], rest, out=rest)
             torch.mul(x[..., :1], 1.0 - c, out=body[..., :1])
         else:
             body.copy_(x)
@@ -139,4 +144,5 @@ def kaldi_log_fbank(waveforms: torch.Tensor, lengths: torch.Tensor, config: Feat
         spec = torch.fft.rfft(y)  # (b, t, n_fft) -> (b, t, n_fft//2 + 1)
         spectrum_to_log_mel(spec, mel, power, floor, blocks, dest)
 
-    return map_frame_chunks((frames_of(padded, T, hop, n_fft),), chunk, mel.shape[1], out)
+    return map_frame_chunks((frames_of(padded, T, hop, n_fft),), chunk, mel.shape[1], out, fbank.CHUNK_FRAMES,
+                            scratch=(windowed, centred))

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from speechconv import FeatureConfig, shapes
+from speechconv import FeatureConfig, fbank, shapes
 from speechconv.features import LogMelDeltas
 
 COMBOS = [(backend, framing) for backend in ("torchaudio", "kaldi") for framing in ("kaldi", "center")]
@@ -134,3 +134,29 @@ def test_dither_adds_noise_only_when_asked(backend):
     assert torch.isfinite(a).all() and not torch.equal(a, b)
     # digital silence sits at the log floor; dither of one int16 step lifts it above
     assert a[..., 0].mean() > plain[..., 0].mean()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    backend=st.sampled_from(["torchaudio", "kaldi"]),
+    lengths=st.lists(st.integers(0, 40000), min_size=1, max_size=5),
+    chunk_frames=st.sampled_from([1, 7, 64, 250, 1024]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_chunked_equals_one_chunk(backend, lengths, chunk_frames, seed):
+    """Chunks of whole utterances, runs of frames of one utterance, and the smaller last
+    chunk (work buffers reused as prefixes) give the features of one chunk per batch."""
+    module = MODULES[(backend, "kaldi")]
+    gen = torch.Generator().manual_seed(seed)
+    batch = torch.randn(len(lengths), max(lengths), generator=gen) * 0.3
+    lens = torch.tensor(lengths)
+    default = fbank.CHUNK_FRAMES
+    try:
+        fbank.CHUNK_FRAMES = 10**9
+        whole, frame_lengths = module(batch, lens)
+        fbank.CHUNK_FRAMES = chunk_frames
+        chunked, chunked_lengths = module(batch, lens)
+    finally:
+        fbank.CHUNK_FRAMES = default
+    assert torch.equal(frame_lengths, chunked_lengths)
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
