@@ -33,10 +33,11 @@ MANIFEST_SUFFIXES = (".json", ".jsonl")
 FILE_LIST_SUFFIXES = (".txt", ".lst", ".list", ".scp")
 
 
-def _valid_mask(lengths: torch.Tensor, num_frames: int, dtype: torch.dtype) -> torch.Tensor:
-    """``(B,)`` -> ``(B, T, 1, 1)`` 1.0 on valid frames, 0.0 on padding."""
-    mask = shapes.make_pad_mask(lengths, num_frames).to(dtype)
-    return mask[:, :, None, None]  # (B, T) -> (B, T, 1, 1)
+def _valid_mask(lengths: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """``(B,)`` -> ``(B, T, 1, 1)`` True on valid frames.  Padding frames are dropped with
+    ``torch.where``, not multiplied by 0: their values are unspecified (possibly inf or
+    NaN from whatever the batch was padded with) and ``NaN * 0`` is NaN."""
+    return shapes.make_pad_mask(lengths, num_frames)[:, :, None, None]  # (B, T) -> (B, T, 1, 1)
 
 
 def utterance_cmvn(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -50,10 +51,11 @@ def utterance_cmvn(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tenso
         ``(B, T, F, C)``: each valid ``(b, :, f, c)`` series has mean 0 and (population)
         std 1 (or is 0 where its std is below :data:`STD_FLOOR`); padding is exactly 0.
     """
-    mask = _valid_mask(lengths, features.shape[1], features.dtype)
+    mask = _valid_mask(lengths, features.shape[1])
     count = lengths.clamp_min(1).to(features.dtype)[:, None, None, None]  # (B,) -> (B, 1, 1, 1)
-    mean = (features * mask).sum(1, keepdim=True) / count
-    centred = (features - mean) * mask
+    zero = features.new_zeros(())
+    mean = torch.where(mask, features, zero).sum(1, keepdim=True) / count
+    centred = torch.where(mask, features - mean, zero)
     std = (centred.square().sum(1, keepdim=True) / count).sqrt_().clamp_min_(STD_FLOOR)
     return centred / std
 
@@ -69,8 +71,8 @@ def global_cmvn(features: torch.Tensor, lengths: torch.Tensor, mean: torch.Tenso
     Returns:
         ``(B, T, F, C)``.
     """
-    mask = _valid_mask(lengths, features.shape[1], features.dtype)
-    return (features - mean) / std.clamp_min(STD_FLOOR) * mask
+    mask = _valid_mask(lengths, features.shape[1])
+    return torch.where(mask, (features - mean) / std.clamp_min(STD_FLOOR), features.new_zeros(()))
 
 
 def load_global_stats(path: str | os.PathLike, n_mels: int, channels: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,13 +2,13 @@
 
 One fused pass over a padded batch, no per-utterance loop:
 
-    waveforms (B, S) -> frames (B, T, n_fft) as a strided view (no copy)
-    -> x window placed in the frame (windows and zero-pads at once) -> rfft
+    waveforms (B, S) -> frames (B, T, win) as a strided view (no copy)
+    -> x window, written into zero-padded n_fft rows -> rfft
     -> |X|^2 -> @ mel matrix (torchaudio's ``melscale_fbanks``)
     -> log(max(x, log_floor))
 
-Each frame is ``n_fft`` samples of which the window keeps ``win``: the FFT then runs
-on contiguous ``n_fft`` rows, which is 5x faster than ``rfft(x, n=n_fft)`` on
+The FFT runs on contiguous ``n_fft`` rows whose zeros beyond the window are written
+once per call (:func:`fft_input`), which is 5x faster than ``rfft(x, n=n_fft)`` on
 ``win``-sample rows.
 
 Framings (``FeatureConfig.framing``; the counts are :func:`speechconv.shapes.frames_from_samples`):
@@ -34,7 +34,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 import torchaudio.functional as AF
 
 from speechconv import shapes
@@ -56,7 +55,7 @@ def frame_offset(win_length: int, n_fft: int, framing: str) -> int:
 
 def pad_for_framing(waveforms: torch.Tensor, lengths: torch.Tensor, win_length: int, hop_length: int,
                     n_fft: int, framing: str, dither: float = 0.0,
-                    generator: torch.Generator | None = None, scale: float = 1.0) -> tuple[torch.Tensor, int]:
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
     """Copy a batch into a zero-padded buffer from which :func:`frames_of` cuts ``T`` frames.
 
     Frame ``t`` is samples ``[t*hop, t*hop + n_fft)`` of the result, with the window
@@ -76,7 +75,6 @@ def pad_for_framing(waveforms: torch.Tensor, lengths: torch.Tensor, win_length: 
             where Kaldi draws new noise for every frame; both are zero-mean noise of
             the same power, and only ``dither=0`` is deterministic.
         generator: random source of the dither.
-        scale: factor applied to the samples on the way (the ``kaldi`` backend's int16 scale).
 
     Returns:
         ``(padded (B, S'), T)`` with ``T = frames_from_samples(S)``.
@@ -88,13 +86,10 @@ def pad_for_framing(waveforms: torch.Tensor, lengths: torch.Tensor, win_length: 
     padded = waveforms.new_empty(B, left + S + right)
     padded[:, :left] = 0.0
     body = padded[:, left : left + S]
-    if scale == 1.0:
-        body.copy_(waveforms)
-    else:
-        torch.mul(waveforms, scale, out=body)
+    body.copy_(waveforms)
     if dither > 0:
         noise = torch.randn(body.shape, generator=generator, dtype=body.dtype, device=body.device)
-        body.add_(noise, alpha=dither * scale)
+        body.add_(noise, alpha=dither)
     for b in (lengths < S).nonzero().view(-1).tolist():
         padded[b, left + int(lengths[b]) :] = 0.0
     padded[:, left + S :] = 0.0
@@ -110,14 +105,48 @@ def frames_of(padded: torch.Tensor, num_frames: int, hop_length: int, n_fft: int
     return frames[:, :num_frames]
 
 
-def padded_window(window: torch.Tensor, n_fft: int, offset: int) -> torch.Tensor:
-    """``(win,)`` -> ``(n_fft,)``: the window at ``offset``, zeros elsewhere.
+def window_frames(waveforms: torch.Tensor, lengths: torch.Tensor, win_length: int, hop_length: int, n_fft: int,
+                  framing: str, dither: float = 0.0,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+    """The samples under each frame's window, ``(B, S) -> (B, T, win)``, a strided view.
 
-    Multiplying an ``n_fft`` frame by it both windows and zero-pads in one pass, and
-    the FFT then runs on a contiguous ``n_fft`` row (5x faster than ``rfft(x, n=n_fft)``
-    on ``win``-sample rows, which copies each row into a padded buffer first).
+    ``kaldi`` framing without dither reads ``waveforms`` in place, no copy: a snip-edges
+    frame of an utterance ends within its length, so the batch's padding is read only
+    by frames past the utterance's frame count, whose values the caller never uses
+    (they are overwritten, or dropped with ``torch.where``, never multiplied by 0, as
+    the padding may be anything).  ``center`` framing needs zeros around each utterance
+    and dither adds noise, so those cut the frames from :func:`pad_for_framing`'s copy.
+
+    Args:
+        waveforms: ``(B, S)``.
+        lengths: ``(B,)`` valid samples per utterance.
+        win_length, hop_length, n_fft: samples.
+        framing: ``kaldi`` or ``center``.
+        dither, generator: as :func:`pad_for_framing`.
+
+    Returns:
+        ``(frames (B, T, win), T)`` with ``T = frames_from_samples(S)``.
     """
-    return F.pad(window, (offset, n_fft - offset - window.numel()))
+    if framing == "kaldi" and dither == 0:
+        T = shapes.frames_from_samples(waveforms.shape[1], win_length, hop_length, framing)
+        return frames_of(waveforms, T, hop_length, win_length), T
+    padded, T = pad_for_framing(waveforms, lengths, win_length, hop_length, n_fft, framing, dither, generator)
+    offset = frame_offset(win_length, n_fft, framing)
+    return frames_of(padded, T, hop_length, n_fft)[..., offset : offset + win_length], T
+
+
+def fft_input(shape: tuple[int, int], n_fft: int, offset: int, win_length: int, like: torch.Tensor) -> torch.Tensor:
+    """A ``(b, t, n_fft)`` work buffer for the chunks' FFT input: zero outside the window's
+    columns ``[offset, offset + win)``, which each chunk fills.
+
+    The zeros are written once per call, and the FFT runs on contiguous ``n_fft`` rows
+    (5x faster than ``rfft(x, n=n_fft)`` on ``win``-sample rows, which copies each row
+    into a padded buffer first).
+    """
+    buffer = like.new_empty(*shape, n_fft)  # (b, t, n_fft)
+    buffer[..., :offset] = 0.0
+    buffer[..., offset + win_length :] = 0.0
+    return buffer
 
 
 def chunk_shape(B: int, T: int, chunk_frames: int = CHUNK_FRAMES) -> tuple[int, int]:
@@ -290,7 +319,7 @@ def log_mel(waveforms: torch.Tensor, lengths: torch.Tensor, config: FeatureConfi
 
     Args:
         waveforms: ``(B, S)`` float32 in [-1, 1].
-        lengths: ``(B,)`` valid samples per utterance (the rest is treated as zeros).
+        lengths: ``(B,)`` valid samples per utterance (no valid frame reads past them).
         config: framing, FFT size, power, log floor, dither.
         window: ``(win,)`` analysis window (:func:`hann_window`).
         mel: ``(n_fft//2 + 1, F)`` filterbank (:func:`mel_matrix`).
@@ -302,16 +331,16 @@ def log_mel(waveforms: torch.Tensor, lengths: torch.Tensor, config: FeatureConfi
         ``(B, T, F)`` natural-log energies, ``T = frames_from_samples(S)``; frames past an
         utterance's own frame count are unspecified (the caller zeroes them).
     """
-    hop, n_fft = config.hop_length, config.n_fft
-    padded, T = pad_for_framing(waveforms, lengths, config.win_length, hop, n_fft, config.framing,
-                                config.dither * DITHER_SCALE, generator)
+    win, hop, n_fft = config.win_length, config.hop_length, config.n_fft
+    frames, T = window_frames(waveforms, lengths, win, hop, n_fft, config.framing, config.dither * DITHER_SCALE,
+                              generator)
     power, floor = config.power, config.log_floor
-    placed = padded_window(window, n_fft, frame_offset(config.win_length, n_fft, config.framing))
-    windowed = padded.new_empty(*chunk_shape(waveforms.shape[0], T, CHUNK_FRAMES), n_fft)  # (b, t, n_fft), per chunk
+    offset = frame_offset(win, n_fft, config.framing)
+    windowed = fft_input(chunk_shape(waveforms.shape[0], T, CHUNK_FRAMES), n_fft, offset, win, waveforms)
 
-    def chunk(dest: torch.Tensor, frames: torch.Tensor, y: torch.Tensor) -> None:
-        spec = torch.fft.rfft(torch.mul(frames, placed, out=y))  # (b, t, n_fft) -> (b, t, n_fft//2 + 1)
+    def chunk(dest: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> None:
+        torch.mul(x, window, out=y[..., offset : offset + win])  # (b, t, win) into (b, t, n_fft)
+        spec = torch.fft.rfft(y)  # (b, t, n_fft) -> (b, t, n_fft//2 + 1)
         spectrum_to_log_mel(spec, mel, power, floor, blocks, dest)
 
-    return map_frame_chunks((frames_of(padded, T, hop, n_fft),), chunk, mel.shape[1], out, CHUNK_FRAMES,
-                            scratch=(windowed,))
+    return map_frame_chunks((frames,), chunk, mel.shape[1], out, CHUNK_FRAMES, scratch=(windowed,))

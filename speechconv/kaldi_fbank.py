@@ -6,6 +6,8 @@ feature-window.cc, and kaldi-native-fbank, which the tests compare against):
 1. int16 scale: [-1, 1] waveforms are multiplied by 32768, because Kaldi reads WAV
    samples as int16 values (``FeatureConfig.kaldi_int16_scale``).  With the power
    spectrum this adds ``2 ln 32768 = 20.79`` to every log energy above the floor.
+   The product is taken with the window in step 5: a power of two commutes exactly
+   with steps 2-5, so the samples are read in place, never copied to be scaled.
 2. dither (off by default: ``dither=0`` keeps features deterministic),
 3. DC removal: subtract the frame's mean,
 4. pre-emphasis within the frame: ``x[i] -= 0.97 x[i-1]`` for ``i >= 1`` and
@@ -34,11 +36,11 @@ from speechconv.fbank import (
     DITHER_SCALE,
     MelBlocks,
     chunk_shape,
+    fft_input,
     frame_offset,
-    frames_of,
     map_frame_chunks,
-    pad_for_framing,
     spectrum_to_log_mel,
+    window_frames,
 )
 from speechconv.feature_config import FeatureConfig
 
@@ -102,7 +104,7 @@ def kaldi_log_fbank(waveforms: torch.Tensor, lengths: torch.Tensor, config: Feat
 
     Args:
         waveforms: ``(B, S)`` float32 in [-1, 1].
-        lengths: ``(B,)`` valid samples per utterance (the rest is treated as zeros).
+        lengths: ``(B,)`` valid samples per utterance (no valid frame reads past them).
         config: framing, FFT size, pre-emphasis, DC removal, int16 scale, power, log
             floor, dither.
         window: ``(win,)`` (:func:`kaldi_window`).
@@ -117,21 +119,22 @@ def kaldi_log_fbank(waveforms: torch.Tensor, lengths: torch.Tensor, config: Feat
     """
     hop, win, n_fft, c = config.hop_length, config.win_length, config.n_fft, config.preemphasis
     power, floor, remove_dc = config.power, config.log_floor, config.remove_dc_offset
-    scale = INT16_SCALE if config.kaldi_int16_scale else 1.0
-    padded, T = pad_for_framing(waveforms, lengths, win, hop, n_fft, config.framing,
-                                config.dither * DITHER_SCALE, generator, scale=scale)
+    frames, T = window_frames(waveforms, lengths, win, hop, n_fft, config.framing, config.dither * DITHER_SCALE,
+                              generator)
+    if config.kaldi_int16_scale:
+        # Scaling by 2^15 commutes exactly with every step before the FFT (a sum, a mean, a
+        # difference, a product: only the exponent changes), so it rides on the window.
+        assert math.frexp(INT16_SCALE)[0] == 0.5, "the int16 scale must be a power of two"
+        window = window * INT16_SCALE
     offset = frame_offset(win, n_fft, config.framing)
     end = offset + win
-    b_max, t_max = chunk_shape(waveforms.shape[0], T, fbank.CHUNK_FRAMES)
-    windowed = padded.new_empty(b_max, t_max, n_fft)  # (b, t, n_fft): the FFT input, reused per chunk
-    windowed[..., :offset] = 0.0  # the zero-padding around the window, written once
-    windowed[..., end:] = 0.0
-    centred = padded.new_empty(b_max, t_max, win)  # (b, t, win): DC-removed samples
+    shape = chunk_shape(waveforms.shape[0], T, fbank.CHUNK_FRAMES)
+    windowed = fft_input(shape, n_fft, offset, win, waveforms)  # (b, t, n_fft), reused per chunk
+    centred = waveforms.new_empty(*shape, win)  # (b, t, win): DC-removed samples
 
-    def chunk(dest: torch.Tensor, frames: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> None:
-        x = frames[..., offset:end]  # (b, t, n_fft) -> (b, t, win), a view
+    def chunk(dest: torch.Tensor, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> None:
         if remove_dc:
-            x = torch.sub(x, x.mean(-1, keepdim=True), out=z)
+            x = torch.sub(x, x.mean(-1, keepdim=True), out=z)  # (b, t, win)
         body = y[..., offset:end]  # the window's samples; the rest of y stays zero
         if c:
             rest = body[..., 1:]
@@ -144,5 +147,4 @@ def kaldi_log_fbank(waveforms: torch.Tensor, lengths: torch.Tensor, config: Feat
         spec = torch.fft.rfft(y)  # (b, t, n_fft) -> (b, t, n_fft//2 + 1)
         spectrum_to_log_mel(spec, mel, power, floor, blocks, dest)
 
-    return map_frame_chunks((frames_of(padded, T, hop, n_fft),), chunk, mel.shape[1], out, fbank.CHUNK_FRAMES,
-                            scratch=(windowed, centred))
+    return map_frame_chunks((frames,), chunk, mel.shape[1], out, fbank.CHUNK_FRAMES, scratch=(windowed, centred))

@@ -160,3 +160,24 @@ def test_chunked_equals_one_chunk(backend, lengths, chunk_frames, seed):
         fbank.CHUNK_FRAMES = default
     assert torch.equal(frame_lengths, chunked_lengths)
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["torchaudio", "kaldi"])
+@pytest.mark.parametrize("normalization", ["none", "utterance"])
+@pytest.mark.parametrize("pad_value", [float("nan"), float("inf"), 1e30])
+def test_non_finite_padding_never_reaches_the_features(backend, normalization, pad_value):
+    """``kaldi`` framing reads the batch in place (no zeroing copy): whatever the batch
+    is padded with is read only by frames past an utterance's count, and must not reach
+    its features, its normalisation statistics or the zeroed padding frames."""
+    module = LogMelDeltas(FeatureConfig(backend=backend, normalization=normalization))
+    gen = torch.Generator().manual_seed(0)
+    lengths = [16000, 3999, 400, 0, 9000]
+    batch = torch.full((len(lengths), max(lengths)), pad_value)
+    for b, n in enumerate(lengths):
+        batch[b, :n] = torch.randn(n, generator=gen) * 0.3
+    features, frame_lengths = module(batch, torch.tensor(lengths))
+    assert torch.isfinite(features).all()
+    for b, n in enumerate(lengths):
+        alone, t = module(batch[b, :n])
+        torch.testing.assert_close(features[b, : int(t)], alone, atol=1e-4, rtol=0)
+        assert not features[b, int(t) :].any()
