@@ -11,7 +11,8 @@ feature-window.cc, and kaldi-native-fbank, which the tests compare against):
 2. dither (off by default: ``dither=0`` keeps features deterministic),
 3. DC removal: subtract the frame's mean,
 4. pre-emphasis within the frame: ``x[i] -= 0.97 x[i-1]`` for ``i >= 1`` and
-   ``x[0] -= 0.97 x[0]`` (Kaldi's rule for the first sample),
+   ``x[0] -= 0.97 x[0]`` (Kaldi's rule for the first sample, rounded as Kaldi rounds
+   it: ``x[0] - fl(0.97 x[0])``, not ``fl(0.03 x[0])``),
 5. window: ``povey`` = ``(0.5 - 0.5 cos(2 pi i / (N-1)))^0.85`` (or Kaldi's symmetric
    ``hann``/``hamming``),
 6. zero-pad to ``n_fft`` (Kaldi rounds 400 up to 512), real FFT, power spectrum,
@@ -137,10 +138,10 @@ def kaldi_log_fbank(waveforms: torch.Tensor, lengths: torch.Tensor, config: Feat
             x = torch.sub(x, x.mean(-1, keepdim=True), out=z)  # (b, t, win)
         body = y[..., offset:end]  # the window's samples; the rest of y stays zero
         if c:
-            rest = body[..., 1:]
-            torch.mul(x[..., :-1], c, out=rest)  # two roundings, as Kaldi: x_i - (c x_{i-1})
-            torch.sub(x[..., 1:], rest, out=rest)
-            torch.mul(x[..., :1], 1.0 - c, out=body[..., :1])
+            # Kaldi: x_i -= c x_{i-1} for i >= 1, then x_0 -= c x_0, each with two roundings.
+            torch.mul(x[..., :-1], c, out=body[..., 1:])  # c x_{i-1} at i, and c x_0 at 0:
+            torch.mul(x[..., :1], c, out=body[..., :1])
+            torch.sub(x, body, out=body)  # reads and writes body at the same index only
         else:
             body.copy_(x)
         body.mul_(window)
