@@ -181,3 +181,25 @@ def test_non_finite_padding_never_reaches_the_features(backend, normalization, p
         alone, t = module(batch[b, :n])
         torch.testing.assert_close(features[b, : int(t)], alone, atol=1e-4, rtol=0)
         assert not features[b, int(t) :].any()
+
+
+@pytest.mark.parametrize("backend", ["torchaudio", "kaldi"])
+def test_features_do_not_depend_on_the_thread_count(backend):
+    """The mel blocks run on one BLAS thread whatever torch's thread count (MKL's own
+    split of them was slower, and its rounding depended on the count); every other step
+    computes each value the same way on any number of threads.  The caller's thread
+    count is left as it was."""
+    module = MODULES[(backend, "kaldi")]
+    gen = torch.Generator().manual_seed(1)
+    lengths = [48000, 31000, 160000, 7000]
+    batch = torch.randn(len(lengths), max(lengths), generator=gen) * 0.3
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append(module(batch, torch.tensor(lengths))[0])
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
