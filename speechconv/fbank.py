@@ -274,11 +274,11 @@ def apply_mel(energy: torch.Tensor, mel: torch.Tensor, blocks: MelBlocks | None 
 
     The blocks are written into a column-major ``(b*t, F)`` buffer (a transposed view
     of ``(F, b*t)``) and copied into ``out``: MKL then computes each narrow block
-    (14-28 bands) as ``mel_block^T @ energy_block^T`` with the frames as the long output
-    rows, 1.6x faster than into ``(b*t, 14..28)`` row-major outputs, which pays for the
-    copy (whole pipeline at 1 thread, two interleaved A/B runs over 3, 10 and 60 s
-    utterances and both backends: 3-9% faster in 11 of the 12 cells, the same values
-    bit for bit).  ``torch.mm`` takes the column-major view as ``out`` directly, with
+    (9-21 bands) as ``mel_block^T @ energy_block^T`` with the frames as the long output
+    rows, 1.6x faster than into ``(b*t, bands)`` row-major outputs, which pays for the
+    copy (measured with four blocks of 14-28 bands; whole pipeline at 1 thread, two
+    interleaved A/B runs over 3, 10 and 60 s utterances and both backends: 3-9% faster
+    in 11 of the 12 cells, the same values bit for bit).  ``torch.mm`` takes the column-major view as ``out`` directly, with
     fewer view calls per block than transposing each operand.  ``out`` (may be a
     strided view) receives the products; without it a new tensor is returned.
     """
@@ -304,13 +304,14 @@ def apply_mel(energy: torch.Tensor, mel: torch.Tensor, blocks: MelBlocks | None 
 def one_blas_thread(device: torch.device) -> Iterator[None]:
     """Run the enclosed CPU matmuls on one thread.
 
-    MKL splits even these narrow blocks (14-28 bands x 1,000 frames) over every intra-op
+    MKL splits even these narrow blocks (9-21 bands x 1,000 frames) over every intra-op
     thread, and on 2 threads they took 286 ns per frame against 156 on one (measured on
     998-frame chunks; the FFT and the elementwise passes do gain from the second thread).
-    ``torch.set_num_threads`` is the only switch torch offers, so it is set to 1 and back:
-    cheap (159 ns per frame with the switch), and harmless to the values, but for that
-    moment it is process-wide for MKL, so a matmul run by another thread at the same time
-    also gets one thread.
+    One thread also makes the sums, and so the features, the same bit for bit at any
+    thread count (MKL's split changed them by up to 2e-6).  ``torch.set_num_threads`` is
+    the only switch torch offers, so it is set to 1 and back: cheap (159 ns per frame
+    with the switch), but for that moment it is process-wide for MKL, so a matmul run
+    by another thread at the same time also gets one thread.
     """
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads == 1:
