@@ -6,8 +6,11 @@ the mel matrix and any global CMVN statistics as buffers and delegates to it.
 The pipeline for a padded batch ``(B, S)`` with lengths ``(B,)``, run on groups of
 consecutive utterances of at most :data:`GROUP_FRAMES` padded frames:
 
-1. each utterance is copied into a zero-padded framing buffer, samples beyond its
-   length as zeros, so an utterance gives the same features in any batch;
+1. frames are cut from the batch as strided views (:func:`speechconv.fbank.window_frames`):
+   in place for ``kaldi`` framing without dither, where no frame of an utterance reaches
+   past its length, else from a copy with zeros beyond each utterance's length
+   (``center`` framing, dither); either way an utterance gives the same features in
+   any batch;
 2. static log-mel ``(b, T, F)`` by the backend (``torchaudio``:
    :mod:`speechconv.fbank`; ``kaldi``: :mod:`speechconv.kaldi_fbank`), written into a
    buffer with room for the delta context;
