@@ -36,6 +36,7 @@ from torch import nn
 
 from speechconv import cmvn, deltas, fbank, kaldi_fbank, shapes
 from speechconv.feature_config import FeatureConfig
+from speechconv.workspace import Workspace
 
 __all__ = ["FeatureConfig", "LogMelDeltas", "log_mel_deltas", "as_feature_config"]
 
@@ -99,21 +100,23 @@ def _group_features(
     blocks: fbank.MelBlocks | None,
     generator: torch.Generator | None,
     out: torch.Tensor,
+    workspace: Workspace,
 ) -> None:
     """Features of one group written into ``out`` ``(b, T, F, C)`` (``T`` the group's longest).
 
     The statics are made straight into an edge buffer that the deltas read, and each
     channel's last operation writes into its strided slice of ``out``: no stacking.
+    The edge buffer and the backend's work buffers come from ``workspace``.
     """
     T = out.shape[1]
     wanted = config.channels
     index = {name: c for c, name in enumerate(wanted)}
     want_dd = "delta_delta" in index
     P = deltas.context_frames(config.delta_window, config.order2, want_dd) if len(index.keys() - {"static"}) else 0
-    extended = waveforms.new_empty(waveforms.shape[0], T + 2 * P, config.n_mels)  # (b, T + 2P, F)
+    extended = workspace.take("extended", (waveforms.shape[0], T + 2 * P, config.n_mels), waveforms)  # (b, T+2P, F)
     static = extended[:, P : P + T]
     backend = kaldi_fbank.kaldi_log_fbank if config.backend == "kaldi" else fbank.log_mel
-    backend(waveforms, lengths, config, window, mel, blocks, generator, out=static)  # (b, T, F)
+    backend(waveforms, lengths, config, window, mel, blocks, generator, out=static, workspace=workspace)  # (b, T, F)
     if "static" in index:
         out[..., index["static"]] = static
     if P:
@@ -138,6 +141,7 @@ def log_mel_deltas(
     global_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
     blocks: fbank.MelBlocks | None = None,
     generator: torch.Generator | None = None,
+    workspace: Workspace | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features of a padded batch (module docstring).
 
@@ -150,6 +154,8 @@ def log_mel_deltas(
         global_stats: ``(mean, std)`` each ``(F, C)``, for ``normalization="global"``.
         blocks: :func:`speechconv.fbank.mel_blocks` of ``mel`` (``None``: one dense matmul).
         generator: random source of the dither (``config.dither > 0`` only).
+        workspace: work buffers kept between calls (:mod:`speechconv.workspace`;
+            ``None``: fresh ones for this call).
 
     Returns:
         ``(features (B, T, F, C) float32, frame_lengths (B,) int64)`` with ``T`` the
@@ -160,13 +166,14 @@ def log_mel_deltas(
     T = int(frame_lengths.max()) if B else 0
     features = waveforms.new_empty(B, T, config.n_mels, config.n_channels)
     sample_counts, frame_counts = lengths.tolist(), frame_lengths.tolist()
+    workspace = workspace or Workspace()
     for b0, b1 in utterance_groups(frame_counts):
         t_group = max(frame_counts[b0:b1])
         if t_group == 0:
             continue
         s_group = max(sample_counts[b0:b1])
         _group_features(waveforms[b0:b1, :s_group], lengths[b0:b1], frame_lengths[b0:b1], config, window, mel,
-                        global_stats, blocks, generator, out=features[b0:b1, :t_group])
+                        global_stats, blocks, generator, out=features[b0:b1, :t_group], workspace=workspace)
     for b, n in enumerate(frame_counts):
         if n < T:
             features[b, n:] = 0.0
@@ -183,7 +190,9 @@ class LogMelDeltas(nn.Module):
 
     Buffers: ``window`` ``(win,)``, ``mel_matrix`` ``(n_fft//2 + 1, F)`` and, with
     ``normalization="global"``, ``global_mean`` and ``global_std`` ``(F, C)`` read from
-    ``config.global_stats_path``.
+    ``config.global_stats_path``.  Work buffers (the FFT input, the statics with their
+    delta context) are kept between calls in a :class:`speechconv.workspace.Workspace`,
+    a few MB per thread that calls the module.
     """
 
     def __init__(self, config: FeatureConfig | Mapping[str, Any] | None = None) -> None:
@@ -199,6 +208,7 @@ class LogMelDeltas(nn.Module):
         self.register_buffer("window", window, persistent=False)
         self.register_buffer("mel_matrix", mel, persistent=False)
         self.mel_blocks = fbank.mel_blocks(mel)
+        self.workspace = Workspace()  # work buffers kept between calls, per thread
         mean = std = None
         if cfg.normalization == "global":
             mean, std = cmvn.load_global_stats(cfg.global_stats_path, cfg.n_mels, cfg.channels)
@@ -251,7 +261,7 @@ class LogMelDeltas(nn.Module):
                                  f"pass each utterance's valid samples (or None for all)")
         stats = (self.global_mean, self.global_std) if self.global_mean is not None else None
         features, frame_lengths = log_mel_deltas(batch, lens, self.config, self.window, self.mel_matrix, stats,
-                                                 self.mel_blocks)
+                                                 self.mel_blocks, workspace=self.workspace)
         if single:
             return features[0], frame_lengths[0]
         return features, frame_lengths

@@ -44,6 +44,7 @@ from speechconv.fbank import (
     window_frames,
 )
 from speechconv.feature_config import FeatureConfig
+from speechconv.workspace import Workspace
 
 INT16_SCALE = 32768.0
 """Kaldi's waveform scale: a [-1, 1] float sample times 32768 is its int16 value."""
@@ -93,7 +94,8 @@ def kaldi_mel_banks(n_mels: int, n_fft: int, sample_rate: int, low_freq: float, 
 
 def kaldi_log_fbank(waveforms: torch.Tensor, lengths: torch.Tensor, config: FeatureConfig, window: torch.Tensor,
                     mel: torch.Tensor, blocks: MelBlocks | None = None,
-                    generator: torch.Generator | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+                    generator: torch.Generator | None = None, out: torch.Tensor | None = None,
+                    workspace: Workspace | None = None) -> torch.Tensor:
     """Kaldi log filterbank energies of a padded batch (the ``kaldi`` backend).
 
     Steps 3-5 run per frame in Kaldi's order and in float32, as Kaldi does: the
@@ -113,6 +115,7 @@ def kaldi_log_fbank(waveforms: torch.Tensor, lengths: torch.Tensor, config: Feat
         blocks: :func:`speechconv.fbank.mel_blocks` of ``mel`` (``None``: one dense matmul).
         generator: random source of the dither (only used when ``config.dither > 0``).
         out: optional ``(B, T, F)`` destination (may be a strided view).
+        workspace: where the work buffers are kept between calls (``None``: fresh ones).
 
     Returns:
         ``(B, T, F)``, ``T = frames_from_samples(S)``; frames past an utterance's own
@@ -130,8 +133,9 @@ def kaldi_log_fbank(waveforms: torch.Tensor, lengths: torch.Tensor, config: Feat
     offset = frame_offset(win, n_fft, config.framing)
     end = offset + win
     shape = chunk_shape(waveforms.shape[0], T, fbank.CHUNK_FRAMES)
-    windowed = fft_input(shape, n_fft, offset, win, waveforms)  # (b, t, n_fft), reused per chunk
-    centred = waveforms.new_empty(*shape, win)  # (b, t, win): DC-removed samples
+    workspace = workspace or Workspace()
+    windowed = fft_input(shape, n_fft, offset, win, waveforms, workspace)  # (b, t, n_fft), reused per chunk
+    centred = workspace.take("centred", (*shape, win), waveforms)  # (b, t, win): DC-removed samples
 
     def chunk(dest: torch.Tensor, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> None:
         if remove_dc:
