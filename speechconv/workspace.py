@@ -7,7 +7,8 @@ back to the kernel; the next call then page-faults them in again.  Measured in t
 feature benchmark's interleaved rounds (10 s utterances, 2 threads, the other methods
 run between): 900-6,000 minor faults per round of 10 minutes of audio with fresh
 buffers, and 0-1,300 with the FFT input and the delta context buffer kept here (median
-13,700x against 14,900x real time over six rounds).
+over six rounds: 13,700-13,800x real time fresh in two runs, 14,200-14,900x kept in
+three).
 
 Buffers are kept per thread, so a module may be called from several threads at once,
 and only up to :data:`MAX_KEPT` elements each: an hour-long utterance's context buffer
