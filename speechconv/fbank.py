@@ -138,15 +138,15 @@ def window_frames(waveforms: torch.Tensor, lengths: torch.Tensor, win_length: in
 
 
 def fft_input(shape: tuple[int, int], n_fft: int, offset: int, win_length: int, like: torch.Tensor,
-              workspace: Workspace | None = None) -> torch.Tensor:
+              workspace: Workspace) -> torch.Tensor:
     """A ``(b, t, n_fft)`` work buffer for the chunks' FFT input: zero outside the window's
     columns ``[offset, offset + win)``, which each chunk fills.
 
     The zeros are written once per call, and the FFT runs on contiguous ``n_fft`` rows
     (5x faster than ``rfft(x, n=n_fft)`` on ``win``-sample rows, which copies each row
-    into a padded buffer first).  The memory comes from ``workspace`` when given.
+    into a padded buffer first).  The memory comes from ``workspace``.
     """
-    buffer = (workspace or Workspace()).take("fft_input", (*shape, n_fft), like)  # (b, t, n_fft)
+    buffer = workspace.take("fft_input", (*shape, n_fft), like)  # (b, t, n_fft)
     buffer[..., :offset] = 0.0
     buffer[..., offset + win_length :] = 0.0
     return buffer
@@ -368,7 +368,8 @@ def log_mel(waveforms: torch.Tensor, lengths: torch.Tensor, config: FeatureConfi
                               generator)
     power, floor = config.power, config.log_floor
     offset = frame_offset(win, n_fft, config.framing)
-    windowed = fft_input(chunk_shape(waveforms.shape[0], T, CHUNK_FRAMES), n_fft, offset, win, waveforms, workspace)
+    shape = chunk_shape(waveforms.shape[0], T, CHUNK_FRAMES)
+    windowed = fft_input(shape, n_fft, offset, win, waveforms, workspace or Workspace())  # (b, t, n_fft), per chunk
 
     def chunk(dest: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> None:
         torch.mul(x, window, out=y[..., offset : offset + win])  # (b, t, win) into (b, t, n_fft)
