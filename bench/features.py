@@ -1,6 +1,6 @@
 """Benchmark: speechconv's feature stage against the usual ways of computing the same features.
 
-Run: ``.venv/bin/python bench/features.py`` (about 2.5 minutes; ``--quick`` for a smoke
+Run: ``.venv/bin/python bench/features.py`` (about 7 minutes, 2.6 of them pauses; ``--quick`` for a smoke
 run, ``--repeats N`` for more or fewer rounds: each round times every method once on
 10 minutes of audio, about 0.1-0.3 s per method at these speeds, so single rounds
 swing by 10-30% and the default takes the median of 15).  A benchmark, not a test:
@@ -31,7 +31,10 @@ Rows (every one makes 80 log-mel bins + delta + delta-delta from the same audio)
 
 Numbers are real-time factors (seconds of audio per wall-clock second); each row is
 timed in interleaved rounds (every method once per round, ``--repeats`` rounds) and the
-median is reported, so a burst of load from other processes hits all rows alike.
+median is reported, so a burst of load from other processes hits all rows alike.  Each
+run is timed after a pause of :data:`PAUSE_SECONDS`, so that no row pays for the thread
+pool the row before it left spinning (without it, a row run right after librosa ran up
+to 2.7x slower at 2 threads).
 Threads: a column's thread count applies to every row: torch's intra-op threads
 (``torch.set_num_threads``) and the BLAS pool numpy brings (OpenBLAS, limited with
 ``threadpoolctl``), which librosa's mel product runs on.  Without the limit that product
@@ -201,13 +204,25 @@ def knf_run(utts: list[torch.Tensor]) -> None:
 # ------------------------------------------------------------------------- timing
 
 
-def time_interleaved(methods: dict[str, Callable], utts: list[torch.Tensor], repeats: int) -> dict[str, float]:
-    """Median wall seconds of each method over ``repeats`` rounds (one warm-up round first)."""
+PAUSE_SECONDS = 0.25
+"""Idle time before each timed run.  Thread pools keep spinning after their last job:
+OpenBLAS's workers for about 2^28 cycles (~0.1 s), and while they spin they take a core
+from whatever runs next.  Measured at 2 threads on 10 s utterances: speechconv ran at
+4,536x real time right after librosa (whose mel product is an OpenBLAS sgemm), 7,426x
+after a 0.05 s pause and 12,170x after 0.2 s; without the pause each row's figure
+depended on which row ran before it."""
+
+
+def time_interleaved(methods: dict[str, Callable], utts: list[torch.Tensor], repeats: int,
+                     pause: float = PAUSE_SECONDS) -> dict[str, float]:
+    """Median wall seconds of each method over ``repeats`` rounds (one warm-up round first),
+    each run timed after ``pause`` idle seconds (:data:`PAUSE_SECONDS`)."""
     for run in methods.values():
         run(utts[:2])
     times: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(repeats):
         for name, run in methods.items():
+            time.sleep(pause)
             start = time.perf_counter()
             run(utts)
             times[name].append(time.perf_counter() - start)
