@@ -1,7 +1,7 @@
 """Benchmark: speechconv's feature stage against the usual ways of computing the same features.
 
-Run: ``.venv/bin/python bench/features.py`` (about 7 minutes, 2.6 of them pauses; ``--quick`` for a smoke
-run, ``--repeats N`` for more or fewer rounds: each round times every method once on
+Run: ``.venv/bin/python bench/features.py`` (about 7 minutes, 2.6 of them pauses;
+``--quick`` for a smoke run, ``--repeats N`` for more or fewer rounds: each round times every method once on
 10 minutes of audio, about 0.1-0.3 s per method at these speeds, so single rounds
 swing by 10-30% and the default takes the median of 15).  A benchmark, not a test:
 it asserts nothing.
@@ -209,8 +209,9 @@ PAUSE_SECONDS = 0.25
 OpenBLAS's workers for about 2^28 cycles (~0.1 s), and while they spin they take a core
 from whatever runs next.  Measured at 2 threads on 10 s utterances: speechconv ran at
 4,536x real time right after librosa (whose mel product is an OpenBLAS sgemm), 7,426x
-after a 0.05 s pause and 12,170x after 0.2 s; without the pause each row's figure
-depended on which row ran before it."""
+after a 0.05 s pause and 12,170x after 0.2 s, and 10,930x with no pause but
+``OPENBLAS_THREAD_TIMEOUT=4`` (workers that sleep almost at once).  Without the pause
+each row's figure depended on which row ran before it."""
 
 
 def time_interleaved(methods: dict[str, Callable], utts: list[torch.Tensor], repeats: int,
