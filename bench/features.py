@@ -1,10 +1,10 @@
 """Benchmark: speechconv's feature stage against the usual ways of computing the same features.
 
 Run: ``.venv/bin/python bench/features.py`` (about 7 minutes, 2.6 of them pauses;
-``--quick`` for a smoke run, ``--repeats N`` for more or fewer rounds: each round times every method once on
-10 minutes of audio, about 0.1-0.3 s per method at these speeds, so single rounds
-swing by 10-30% and the default takes the median of 15).  A benchmark, not a test:
-it asserts nothing.
+``--quick`` for a smoke run, ``--repeats N`` for more or fewer rounds: each round times
+every method once on 10 minutes of audio, about 0.1-0.3 s per method at these speeds,
+so single rounds swing by 10-30% and the default takes the median of 15).  A
+benchmark, not a test: it asserts nothing.
 
 Audio: 10 minutes of real speech for each utterance length, made by concatenating the
 bundled clips (data/fixtures, then the spoken digits of data/fsdd, or
