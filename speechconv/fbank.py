@@ -280,9 +280,10 @@ def apply_mel(energy: torch.Tensor, mel: torch.Tensor, blocks: MelBlocks | None 
     rows, 1.6x faster than into ``(b*t, bands)`` row-major outputs, which pays for the
     copy (measured with four blocks of 14-28 bands; whole pipeline at 1 thread, two
     interleaved A/B runs over 3, 10 and 60 s utterances and both backends: 3-9% faster
-    in 11 of the 12 cells, the same values bit for bit).  ``torch.mm`` takes the column-major view as ``out`` directly, with
-    fewer view calls per block than transposing each operand.  ``out`` (may be a
-    strided view) receives the products; without it a new tensor is returned.
+    in 11 of the 12 cells, the same values bit for bit).  ``torch.mm`` takes the
+    column-major view as ``out`` directly, with fewer view calls per block than
+    transposing each operand.  ``out`` (may be a strided view) receives the products;
+    without it a new tensor is returned.
     """
     flat = energy.reshape(-1, energy.shape[-1])  # (b, t, K) -> (b*t, K), a view of the contiguous energy
     shape = (*energy.shape[:-1], mel.shape[1])
