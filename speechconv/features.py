@@ -13,7 +13,9 @@ consecutive utterances of at most :data:`GROUP_FRAMES` padded frames:
    any batch;
 2. static log-mel ``(b, T, F)`` by the backend (``torchaudio``:
    :mod:`speechconv.fbank`; ``kaldi``: :mod:`speechconv.kaldi_fbank`), written into a
-   buffer with room for the delta context;
+   buffer with room for the delta context; on CPU float32 tensors the per-frame passes
+   around the FFT run as fused kernels (:mod:`speechconv.kernels`), on other devices as
+   eager torch ops;
 3. deltas and delta-deltas per utterance with its own edge frames replicated
    (:mod:`speechconv.deltas`); every channel is written straight into its slice of
    the ``(B, T, F, C)`` output, in ``config.channels`` order;
@@ -97,7 +99,7 @@ def _group_features(
     window: torch.Tensor,
     mel: torch.Tensor,
     global_stats: tuple[torch.Tensor, torch.Tensor] | None,
-    blocks: fbank.MelBlocks | None,
+    plan: fbank.MelPlan | None,
     generator: torch.Generator | None,
     out: torch.Tensor,
     workspace: Workspace,
@@ -116,7 +118,7 @@ def _group_features(
     extended = workspace.take("extended", (waveforms.shape[0], T + 2 * P, config.n_mels), waveforms)  # (b, T+2P, F)
     static = extended[:, P : P + T]
     backend = kaldi_fbank.kaldi_log_fbank if config.backend == "kaldi" else fbank.log_mel
-    backend(waveforms, lengths, config, window, mel, blocks, generator, out=static, workspace=workspace)  # (b, T, F)
+    backend(waveforms, lengths, config, window, mel, plan, generator, out=static, workspace=workspace)  # (b, T, F)
     if "static" in index:
         out[..., index["static"]] = static
     if P:
@@ -139,7 +141,7 @@ def log_mel_deltas(
     window: torch.Tensor,
     mel: torch.Tensor,
     global_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
-    blocks: fbank.MelBlocks | None = None,
+    plan: fbank.MelPlan | None = None,
     generator: torch.Generator | None = None,
     workspace: Workspace | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,7 +154,7 @@ def log_mel_deltas(
         window: ``(win,)`` analysis window of the backend.
         mel: ``(n_fft//2 + 1, F)`` filterbank of the backend.
         global_stats: ``(mean, std)`` each ``(F, C)``, for ``normalization="global"``.
-        blocks: :func:`speechconv.fbank.mel_blocks` of ``mel`` (``None``: one dense matmul).
+        plan: :func:`speechconv.fbank.mel_plan` of ``mel`` (``None``: one dense matmul, no kernel).
         generator: random source of the dither (``config.dither > 0`` only).
         workspace: work buffers kept between calls (:mod:`speechconv.workspace`;
             ``None``: fresh ones for this call).
@@ -173,7 +175,7 @@ def log_mel_deltas(
             continue
         s_group = max(sample_counts[b0:b1])
         _group_features(waveforms[b0:b1, :s_group], lengths[b0:b1], frame_lengths[b0:b1], config, window, mel,
-                        global_stats, blocks, generator, out=features[b0:b1, :t_group], workspace=workspace)
+                        global_stats, plan, generator, out=features[b0:b1, :t_group], workspace=workspace)
     for b, n in enumerate(frame_counts):
         if n < T:
             features[b, n:] = 0.0
@@ -207,7 +209,7 @@ class LogMelDeltas(nn.Module):
             window, mel = fbank.hann_window(cfg.win_length), fbank.mel_matrix(cfg)
         self.register_buffer("window", window, persistent=False)
         self.register_buffer("mel_matrix", mel, persistent=False)
-        self.mel_blocks = fbank.mel_blocks(mel)
+        self.mel_plan = fbank.mel_plan(mel)
         self.workspace = Workspace()  # work buffers kept between calls, per thread
         mean = std = None
         if cfg.normalization == "global":
@@ -248,6 +250,9 @@ class LogMelDeltas(nn.Module):
         if not (waveforms.is_floating_point()):
             raise ValueError(f"waveforms must be float in [-1, 1], got dtype {waveforms.dtype}; "
                              f"divide int16 audio by 32768 (speechconv.load_audio does this)")
+        if waveforms.requires_grad and torch.is_grad_enabled():
+            raise ValueError("waveforms require grad, but the feature stage computes no gradients; "
+                             "pass waveforms.detach(), or call it under torch.no_grad()")
         device = self.mel_matrix.device
         batch = waveforms[None] if single else waveforms  # (S,) -> (1, S)
         batch = batch.to(device=device, dtype=torch.float32)
@@ -261,7 +266,7 @@ class LogMelDeltas(nn.Module):
                                  f"pass each utterance's valid samples (or None for all)")
         stats = (self.global_mean, self.global_std) if self.global_mean is not None else None
         features, frame_lengths = log_mel_deltas(batch, lens, self.config, self.window, self.mel_matrix, stats,
-                                                 self.mel_blocks, workspace=self.workspace)
+                                                 self.mel_plan, workspace=self.workspace)
         if single:
             return features[0], frame_lengths[0]
         return features, frame_lengths

@@ -32,10 +32,10 @@ import math
 
 import torch
 
-from speechconv import fbank
+from speechconv import fbank, kernels
 from speechconv.fbank import (
     DITHER_SCALE,
-    MelBlocks,
+    MelPlan,
     chunk_shape,
     fft_input,
     frame_offset,
@@ -93,17 +93,20 @@ def kaldi_mel_banks(n_mels: int, n_fft: int, sample_rate: int, low_freq: float, 
 
 
 def kaldi_log_fbank(waveforms: torch.Tensor, lengths: torch.Tensor, config: FeatureConfig, window: torch.Tensor,
-                    mel: torch.Tensor, blocks: MelBlocks | None = None,
+                    mel: torch.Tensor, plan: MelPlan | None = None,
                     generator: torch.Generator | None = None, out: torch.Tensor | None = None,
                     workspace: Workspace | None = None) -> torch.Tensor:
     """Kaldi log filterbank energies of a padded batch (the ``kaldi`` backend).
 
-    Steps 3-5 run per frame in Kaldi's order and in float32, as Kaldi does: the
-    rounding then follows Kaldi's closely (measured on jfk.flac against
-    kaldi-native-fbank: 7.0e-4 at the 99.9th percentile this way, 1.0e-3 when the
-    same linear map is folded into one multiply-add, also 1.0e-3 when it is evaluated
-    in float64, and 9.4e-4 with only the pre-emphasis fused, ``torch.sub(x[1:], x[:-1],
-    alpha=c)``, which would save one pass).
+    Steps 3-5 run per frame in Kaldi's order and in float32, as Kaldi does (one kernel
+    on CPU float32 tensors, :func:`speechconv.kernels.kaldi_window_frames`; five eager
+    passes elsewhere): the rounding then follows Kaldi's closely (measured on jfk.flac
+    against kaldi-native-fbank: 7.0e-4 at the 99.9th percentile this way, 1.0e-3 when
+    the same linear map is folded into one multiply-add, also 1.0e-3 when it is
+    evaluated in float64, and 9.4e-4 with only the pre-emphasis fused, ``torch.sub(x[1:],
+    x[:-1], alpha=c)``, which would save one pass; 1.09e-3 with the pre-emphasis applied
+    once to the whole signal and each frame's DC offset subtracted as ``(1 - c) mean``
+    afterwards, which would save three).
 
     Args:
         waveforms: ``(B, S)`` float32 in [-1, 1].
@@ -112,7 +115,7 @@ def kaldi_log_fbank(waveforms: torch.Tensor, lengths: torch.Tensor, config: Feat
             floor, dither.
         window: ``(win,)`` (:func:`kaldi_window`).
         mel: ``(n_fft//2 + 1, F)`` (:func:`kaldi_mel_banks`).
-        blocks: :func:`speechconv.fbank.mel_blocks` of ``mel`` (``None``: one dense matmul).
+        plan: :func:`speechconv.fbank.mel_plan` of ``mel`` (``None``: one dense matmul, no kernel).
         generator: random source of the dither (only used when ``config.dither > 0``).
         out: optional ``(B, T, F)`` destination (may be a strided view).
         workspace: where the work buffers are kept between calls (``None``: fresh ones).
@@ -135,6 +138,13 @@ def kaldi_log_fbank(waveforms: torch.Tensor, lengths: torch.Tensor, config: Feat
     shape = chunk_shape(waveforms.shape[0], T, fbank.CHUNK_FRAMES)
     workspace = workspace or Workspace()
     windowed = fft_input(shape, n_fft, offset, win, waveforms, workspace)  # (b, t, n_fft), reused per chunk
+    if kernels.usable(frames, window) and frames.stride(-1) == 1:
+
+        def fused(dest: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> None:
+            kernels.kaldi_window_frames(x, window, c, remove_dc, y, offset)  # (b, t, win) into (b, t, n_fft)
+            spectrum_to_log_mel(torch.fft.rfft(y), mel, power, floor, plan, dest)  # (b, t, K) -> (b, t, F)
+
+        return map_frame_chunks((frames,), fused, mel.shape[1], out, fbank.CHUNK_FRAMES, scratch=(windowed,))
     centred = workspace.take("centred", (*shape, win), waveforms)  # (b, t, win): DC-removed samples
 
     def chunk(dest: torch.Tensor, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> None:
@@ -150,6 +160,6 @@ def kaldi_log_fbank(waveforms: torch.Tensor, lengths: torch.Tensor, config: Feat
             body.copy_(x)
         body.mul_(window)
         spec = torch.fft.rfft(y)  # (b, t, n_fft) -> (b, t, n_fft//2 + 1)
-        spectrum_to_log_mel(spec, mel, power, floor, blocks, dest)
+        spectrum_to_log_mel(spec, mel, power, floor, plan, dest)
 
     return map_frame_chunks((frames,), chunk, mel.shape[1], out, fbank.CHUNK_FRAMES, scratch=(windowed, centred))

@@ -28,6 +28,16 @@ def fsdd(tmp_path_factory) -> Path:
     return tiny_fsdd(tmp_path_factory.mktemp("fsdd"))
 
 
+@pytest.fixture(params=["kernels", "eager"])
+def feature_path(request, monkeypatch) -> str:
+    """Run a test on both paths of the feature stage on the CPU: the fused numba kernels
+    (``speechconv.kernels``, the CPU default) and the eager torch ops (other devices)."""
+    from speechconv import kernels
+
+    monkeypatch.setattr(kernels, "ENABLED", request.param == "kernels")
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES

@@ -98,6 +98,7 @@ def test_config_from_mapping():
         (torch.zeros(2, 100), torch.tensor([100, 101]), "lengths must be"),
         (torch.zeros(2, 100), torch.tensor([100]), "lengths must be"),
         (torch.zeros(2, 100), torch.tensor([-1, 5]), "lengths must be"),
+        (torch.zeros(2, 100, requires_grad=True), None, "computes no gradients"),
     ],
 )
 def test_bad_inputs_name_the_problem(waves, lengths, match):
@@ -184,11 +185,11 @@ def test_non_finite_padding_never_reaches_the_features(backend, normalization, p
 
 
 @pytest.mark.parametrize("backend", ["torchaudio", "kaldi"])
-def test_features_do_not_depend_on_the_thread_count(backend):
-    """The mel blocks run on one BLAS thread whatever torch's thread count (MKL's own
-    split of them was slower, and its rounding depended on the count); every other step
-    computes each value the same way on any number of threads.  The caller's thread
-    count is left as it was."""
+def test_features_do_not_depend_on_the_thread_count(backend, feature_path):
+    """On the eager path the mel blocks run on one BLAS thread whatever torch's thread
+    count (MKL's own split of them was slower, and its rounding depended on the count);
+    the kernels are serial; every other step computes each value the same way on any
+    number of threads.  The caller's thread count is left as it was."""
     module = MODULES[(backend, "kaldi")]
     gen = torch.Generator().manual_seed(1)
     lengths = [48000, 31000, 160000, 7000]

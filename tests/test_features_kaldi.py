@@ -77,18 +77,18 @@ def kaldi_static() -> LogMelDeltas:
      if p.name in NOISE_LIMITED else p for p in SPEECH_CLIPS],
     ids=[p.name for p in SPEECH_CLIPS],
 )
-def test_kaldi_backend_matches_kaldi_native_fbank(clip, kaldi_static):
+def test_kaldi_backend_matches_kaldi_native_fbank(clip, kaldi_static, feature_path):
     wave = read_16k(clip)
     ref = knf_fbank(wave)
     ours, n = kaldi_static(wave)
     assert int(n) == ref.shape[0] == ours.shape[0]
     diff = np.abs(ours[..., 0].numpy() - ref)
     max_abs, p999 = float(diff.max()), float(np.percentile(diff, 99.9))
-    print(f"\nPARITY kaldi-vs-knf {clip.name}: frames {ref.shape[0]} max {max_abs:.2e} p99.9 {p999:.2e}")
+    print(f"\nPARITY kaldi-vs-knf ({feature_path}) {clip.name}: frames {ref.shape[0]} max {max_abs:.2e} p99.9 {p999:.2e}")
     assert max_abs <= MAX_ABS and p999 <= P999, (max_abs, p999)
 
 
-def test_noise_limited_clip_agrees_where_energy_is_resolvable(kaldi_static):
+def test_noise_limited_clip_agrees_where_energy_is_resolvable(kaldi_static, feature_path):
     """On the near-silent clip, every cell whose mel energy is at least 1e-4 of its
     frame's strongest bin (clear of float32 FFT rounding) meets the stated bounds."""
     wave = read_16k(next(p for p in SPEECH_CLIPS if p.name in NOISE_LIMITED))

@@ -37,7 +37,7 @@ def librosa_log_mel(wave: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
 
 
 @pytest.mark.parametrize("clip", SPEECH_CLIPS, ids=[p.name for p in SPEECH_CLIPS])
-def test_torchaudio_backend_matches_librosa(clip):
+def test_torchaudio_backend_matches_librosa(clip, feature_path):
     cfg = FeatureConfig(backend="torchaudio", framing="center", channels=["static", "delta"])
     wave = read_16k(clip)
     ours, n = LogMelDeltas(cfg)(wave)
@@ -47,13 +47,13 @@ def test_torchaudio_backend_matches_librosa(clip):
     diff = np.abs(ours[..., 0].numpy() - ref)
     max_abs, p999 = float(diff.max()), float(np.percentile(diff, 99.9))
     delta_max = float(np.abs(ours[..., 1].numpy() - ref_delta).max())
-    print(f"\nPARITY torchaudio-vs-librosa {clip.name}: frames {ref.shape[0]} log-mel max {max_abs:.2e} "
+    print(f"\nPARITY torchaudio-vs-librosa ({feature_path}) {clip.name}: frames {ref.shape[0]} log-mel max {max_abs:.2e} "
           f"p99.9 {p999:.2e} delta max {delta_max:.2e}")
     assert max_abs <= MAX_ABS and p999 <= P999, (max_abs, p999)
     assert delta_max <= DELTA_MAX
 
 
-def test_slaney_magnitude_settings_match_librosa():
+def test_slaney_magnitude_settings_match_librosa(feature_path):
     cfg = FeatureConfig(framing="center", mel_scale="slaney", mel_norm="slaney", power=1.0, f_min=0.0,
                         f_max=7600.0, channels=["static"])
     wave = read_16k(SPEECH_CLIPS[1])
