@@ -30,8 +30,10 @@ class Workspace:
     """Named flat buffers reused from call to call, one set per thread.
 
     ``take(name, shape, like)`` returns a contiguous ``shape`` view of the buffer kept
-    under ``name``, grown when too small and made anew on another device or dtype.  Its
-    contents are whatever the last call left: callers write every element they read.
+    under ``name``, grown when too small and made anew on another device or dtype, or
+    when it was made under ``torch.inference_mode`` and is taken outside it (torch
+    forbids writing to an inference tensor there).  Its contents are whatever the last
+    call left: callers write every element they read.
     A name is taken once per use; the next ``take`` of that name hands out the same
     memory.  Copies and pickles start empty (buffers are a cache, not state).
     """
@@ -45,7 +47,8 @@ class Workspace:
             return like.new_empty(shape)
         buffers = self._local.__dict__.setdefault("buffers", {})
         buffer = buffers.get(name)
-        if buffer is None or buffer.numel() < numel or buffer.dtype != like.dtype or buffer.device != like.device:
+        stale = buffer is None or buffer.dtype != like.dtype or buffer.device != like.device
+        if stale or buffer.numel() < numel or (buffer.is_inference() and not torch.is_inference_mode_enabled()):
             buffer = buffers[name] = like.new_empty(numel)
         return buffer[:numel].view(shape)
 

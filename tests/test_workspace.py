@@ -7,6 +7,7 @@ import copy
 import pickle
 import threading
 
+import pytest
 import torch
 
 from speechconv import FeatureConfig
@@ -66,3 +67,17 @@ def test_features_are_the_same_with_kept_buffers_and_in_parallel_threads():
             assert all(torch.equal(a, b) for a, b in zip(outs, fresh * 3, strict=True))
         clone = pickle.loads(pickle.dumps(module))
         assert torch.equal(clone(*batches[0])[0], fresh[0])
+
+
+@pytest.mark.parametrize("backend", ["kaldi", "torchaudio"])
+def test_buffers_made_in_inference_mode_do_not_break_a_later_normal_call(backend):
+    """Buffers made under inference_mode are inference tensors, which torch does not let
+    a normal call write to: the module must replace them, not fail."""
+    module = LogMelDeltas(FeatureConfig(backend=backend))
+    wave = torch.randn(16000) * 0.1
+    with torch.inference_mode():
+        inside, _ = module(wave)
+    outside, _ = module(wave)
+    with torch.no_grad():
+        again, _ = module(wave)
+    assert torch.equal(inside, outside) and torch.equal(outside, again)
