@@ -130,21 +130,7 @@ def _kaldi_window_frames(storage, row_stride, first, hop, b, t, win, window, c, 
         y = out[r][offset : offset + win]  # a slice: indexing out[r] at offset + k checks for negative indices
         mean = np.float32(0.0)
         if remove_dc:
-            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
-            whole = win - win % 8
-            for k in range(0, whole, 8):
-                a0 += x[k]
-                a1 += x[k + 1]
-                a2 += x[k + 2]
-                a3 += x[k + 3]
-                a4 += x[k + 4]
-                a5 += x[k + 5]
-                a6 += x[k + 6]
-                a7 += x[k + 7]
-            total = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
-            for k in range(whole, win):
-                total += x[k]
-            mean = total / np.float32(win)
+            mean = _float32_sum(x) / np.float32(win)
         z0 = x[0] - mean
         y[0] = (z0 - c * z0) * window[0]
         for k in range(1, win):
@@ -179,3 +165,31 @@ def _power_mel_floor(parts, lo, hi, start, weights, magnitude, floor, out):
             for f in range(F):
                 row[f] = max(mel[f, j], floor)
 
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _float32_sum(x):
+    """Sum of ``x`` (float32) in two levels, as torch's cascade sum does: eight lanes over
+    blocks of 64 elements, each block's lanes added as a tree, then the block sums.  A
+    frame's mean is then as accurate as torch's (one level of eight lanes over all 400
+    samples moved the lowest band of a frame with a large DC offset by 3e-3 in the log,
+    and float64 lanes cost 40 ns a frame)."""
+    n = x.shape[0]
+    whole = n - n % 64
+    total = np.float32(0.0)
+    for b in range(0, whole, 64):
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
+        for k in range(b, b + 64, 8):
+            a0 += x[k]
+            a1 += x[k + 1]
+            a2 += x[k + 2]
+            a3 += x[k + 3]
+            a4 += x[k + 4]
+            a5 += x[k + 5]
+            a6 += x[k + 6]
+            a7 += x[k + 7]
+        total += ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+    rest = np.float32(0.0)
+    for k in range(whole, n):
+        rest += x[k]
+    return total + rest
