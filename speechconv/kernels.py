@@ -8,23 +8,25 @@ are fused here, each into one pass per frame:
 * :func:`power_mel_floor`: power (or magnitude) spectrum, mel product and log floor
   (both backends; three eager passes and six block products).
 
-Measured on one 3,992-frame chunk, one thread: 84 against 141 ns a frame for the
-first, 205 against 292 for the second.  The whole backend, in the feature benchmark's
-setting: see ``bench/kernels.py`` and the README.
+Measured alone on one 3,992-frame chunk, one thread: 95 against 141 ns a frame for
+the first, 186-205 against 292 for the second.  The whole backend, in the feature
+benchmark's setting: ``bench/kernels.py`` and the README.
 
 When they run (:func:`usable`): on CPU float32 tensors, unless the environment sets
 ``SPEECHCONV_KERNELS=0`` (or :data:`ENABLED` is set to ``False``); on other devices the
 eager ops run.  Both paths are held to the same parity bounds against librosa and
-kaldi-native-fbank, and to each other (``tests/test_kernels.py``).  Their values differ by float32 rounding only: the
-kernels sum a frame's mean and each mel band in their own order.
+kaldi-native-fbank, and to each other (``tests/test_kernels.py``).  Their values
+differ by float32 rounding only: the kernels sum a frame's mean and each mel band in
+their own order.
 
-The kernels are serial and release the GIL: no numba thread pool is started (its
-OpenMP layer would bring a second libgomp pool beside torch's, whose spinning workers
-slowed the 2-thread pipeline, and which is not fork-safe for DataLoader workers), and
-Python threads calling the feature module run them side by side.  At 2 threads the
-FFT and the log still use both cores.  Each kernel is compiled on first use (about
-1 s) and cached on disk by numba (``cache=True``: in ``__pycache__`` beside this file,
-or numba's user cache directory where that is read-only).
+The kernels are serial and release the GIL: no numba thread pool is started.  Its
+OpenMP layer would load the system's libgomp beside torch's own, two pools whose idle
+workers spin against each other on a small machine (``parallel=True`` was no faster
+here at 2 threads), and GNU OpenMP is not fork-safe for DataLoader workers.  Python
+threads calling the feature module run the kernels side by side, and at 2 threads the
+FFT and the log still use both cores.  numba compiles each kernel on first use (about
+4 s for both) and caches it on disk (``cache=True``: in ``__pycache__`` beside this
+file, or numba's user cache directory where that is read-only; 0.4 s to load).
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def kaldi_window_frames(frames: torch.Tensor, window: torch.Tensor, preemphasis:
                         out: torch.Tensor, offset: int) -> None:
     """Kaldi's steps 3-5 (:mod:`speechconv.kaldi_fbank`) of every frame, one pass each.
 
-    Per frame: the mean (eight float32 partial sums), ``z_i = x_i - mean``, pre-emphasis
+    Per frame: the mean (:func:`_float32_sum`), ``z_i = x_i - mean``, pre-emphasis
     ``z_i - c z_{i-1}`` (``z_0 - c z_0`` first), times the window; each element rounded
     in Kaldi's order, as the eager passes round it.
 
@@ -164,7 +166,6 @@ def _power_mel_floor(parts, lo, hi, start, weights, magnitude, floor, out):
             row = out[(r0 + j) // t, (r0 + j) % t]  # (F,)
             for f in range(F):
                 row[f] = max(mel[f, j], floor)
-
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
