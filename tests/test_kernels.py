@@ -4,17 +4,20 @@ Both paths are also held to the parity bounds against kaldi-native-fbank and lib
 on every bundled clip (the ``feature_path`` fixture in ``test_features_kaldi.py`` and
 ``test_features_torchaudio.py``).  Here they are compared with each other over
 generated batches and settings: the kernels sum each frame's mean and each mel band
-in their own float32 order, so the values may differ by rounding, never more.
+in their own float32 order, so the values may differ by rounding, never more.  As in
+the FSDD parity test, cells within 1e-4 of their frame's strongest band are held
+tightly, and cells far below it only to where float32 FFT rounding leaves them.
 """
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from speechconv import FeatureConfig, kernels
@@ -23,10 +26,20 @@ from speechconv.features import LogMelDeltas
 from speechconv.kaldi_fbank import kaldi_mel_banks
 
 ROUNDING = 5e-4
-"""Bound on |kernels - eager| for log energies and their deltas, in nats.  Measured on
-noise at 0.1 amplitude: 6.1e-5 for the kaldi backend (the frame mean's summation
-order, amplified by DC removal in the lowest bins) and 2.4e-7 for the torchaudio
-backend (the mel sums' order)."""
+"""Bound on |kernels - eager| for the static log energies of cells within 1e-4 of their
+frame's strongest band, in nats.  Measured: at most 9.5e-5 over 400 generated cases
+like the test's, 6.1e-5 on noise at 0.1 amplitude."""
+
+FLOOR = 1e-2
+"""Bound for every cell of every channel: the kaldi backend's parity bound against
+kaldi-native-fbank.  Far below a frame's peak the two paths are each as far from a
+float64 evaluation as float32 FFT rounding puts them, in opposite directions or not
+(hypothesis found a band e^-20 below its frame's peak, kaldi backend, ``center``
+framing, noise at 1e-3: the kernels 4.0e-4 and the eager ops 2.6e-4 from float64,
+6.6e-4 apart; the README's silence and FSDD notes show the same floor for
+kaldi-native-fbank).  Over 400 generated cases the largest difference was 3.0e-4."""
+
+RESOLVABLE = math.log(1e-4)
 
 SETTINGS = [
     {"backend": "kaldi"},
@@ -49,6 +62,7 @@ def both_paths(module: LogMelDeltas, waves: torch.Tensor, lengths: torch.Tensor,
 
 
 @settings(max_examples=40, deadline=None)
+@example(setting={"backend": "kaldi", "framing": "center"}, lengths=[671], scale=1e-3, seed=19182)
 @given(
     setting=st.sampled_from(SETTINGS),
     lengths=st.lists(st.integers(0, 7000), min_size=1, max_size=5),
@@ -71,7 +85,10 @@ def test_kernels_match_eager_ops(setting, lengths, scale, seed):
     assert torch.isfinite(fused).all()
     for b, n in enumerate(n_fused.tolist()):
         assert (fused[b, n:] == 0).all()  # frames past the length: exactly zero
-    torch.testing.assert_close(fused, eager, atol=ROUNDING, rtol=0)
+    torch.testing.assert_close(fused, eager, atol=FLOOR, rtol=0)
+    static, static_fused = eager[..., 0], fused[..., 0]  # (B, T, F)
+    resolvable = static >= static.amax(dim=2, keepdim=True) + RESOLVABLE  # within 1e-4 of the frame's peak
+    torch.testing.assert_close(static_fused[resolvable], static[resolvable], atol=ROUNDING, rtol=0)
 
 
 @pytest.mark.parametrize("backend", ["kaldi", "torchaudio"])
