@@ -39,6 +39,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torchaudio.functional as AF
 
@@ -221,6 +222,28 @@ at 1 thread: six blocks (cost 500) 150-165 ns per frame, four (cost 1500) 170-18
 eight to ten blocks were no faster than six."""
 
 
+def band_rows(mel: torch.Tensor) -> list[tuple[int, int]]:
+    """``[lo, hi)``, the rows (FFT bins) from each band's first to its last nonzero weight,
+    for the ``F`` columns of a ``(K, F)`` mel matrix (``(0, 0)`` for an empty band)."""
+    nonzero = mel != 0
+    rows = []
+    for band in range(mel.shape[1]):
+        bins = nonzero[:, band].nonzero().view(-1)
+        rows.append((int(bins[0]), int(bins[-1]) + 1) if bins.numel() else (0, 0))
+    return rows
+
+
+def mel_bands(mel: torch.Tensor) -> kernels.MelBands:
+    """``(K, F)`` mel matrix -> the :class:`speechconv.kernels.MelBands` the CPU kernel
+    sums (each band's weights over :func:`band_rows`, zeros inside the range kept)."""
+    rows = band_rows(mel)
+    sizes = [hi - lo for lo, hi in rows]
+    weights = [mel[lo:hi, f].detach().cpu().float().numpy() for f, (lo, hi) in enumerate(rows)]
+    lo, hi = (np.asarray(edge, dtype=np.int64) for edge in zip(*rows, strict=True))
+    start = np.cumsum([0, *sizes[:-1]], dtype=np.int64)
+    return kernels.MelBands(lo, hi, start, np.concatenate(weights).astype(np.float32))
+
+
 def mel_blocks(mel: torch.Tensor, max_blocks: int = 6) -> MelBlocks:
     """Split a mel matrix ``(K, F)`` into column blocks of consecutive bands, each with
     the rows (FFT bins) its bands touch.
@@ -232,13 +255,8 @@ def mel_blocks(mel: torch.Tensor, max_blocks: int = 6) -> MelBlocks:
     programming over the band boundaries.  Products over the blocks equal the dense
     product up to float rounding (the zeros they skip add nothing).
     """
-    nonzero = mel != 0
     F = mel.shape[1]
-    first, last = [], []
-    for band in range(F):
-        rows = nonzero[:, band].nonzero().view(-1)
-        first.append(int(rows[0]) if rows.numel() else 0)
-        last.append(int(rows[-1]) + 1 if rows.numel() else 0)
+    first, last = (list(edge) for edge in zip(*band_rows(mel), strict=True))
 
     def span(a: int, b: int) -> tuple[int, int]:
         lo, hi = min(first[a:b]), max(last[a:b])
@@ -277,7 +295,7 @@ class MelPlan(NamedTuple):
 
 def mel_plan(mel: torch.Tensor) -> MelPlan:
     """Both sparse forms of a ``(K, F)`` mel matrix, made once per module."""
-    return MelPlan(mel_blocks(mel), kernels.mel_bands(mel))
+    return MelPlan(mel_blocks(mel), mel_bands(mel))
 
 
 ROW_PAD = 16
@@ -357,7 +375,7 @@ def spectrum_to_log_mel(spec: torch.Tensor, mel: torch.Tensor, power: float, log
     ``abs()**2`` would take, and squaring in place rather than into a new tensor made
     the whole pipeline 2-4% faster at 1 thread (interleaved A/B, same values bit for bit).
     """
-    if plan is not None and power in (1.0, 2.0) and kernels.usable(spec, out):
+    if plan is not None and kernels.usable(spec, out):
         kernels.power_mel_floor(spec, plan.bands, power, log_floor, out)
         return out.log_()
     squares = torch.view_as_real(spec).square_()  # (b, t, K) complex -> (b, t, K, 2), in place

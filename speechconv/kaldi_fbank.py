@@ -138,7 +138,7 @@ def kaldi_log_fbank(waveforms: torch.Tensor, lengths: torch.Tensor, config: Feat
     shape = chunk_shape(waveforms.shape[0], T, fbank.CHUNK_FRAMES)
     workspace = workspace or Workspace()
     windowed = fft_input(shape, n_fft, offset, win, waveforms, workspace)  # (b, t, n_fft), reused per chunk
-    if kernels.usable(frames, window) and frames.stride(-1) == 1:
+    if kernels.usable(frames, window):  # frames are rows of contiguous samples (window_frames)
 
         def fused(dest: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> None:
             kernels.kaldi_window_frames(x, window, c, remove_dc, y, offset)  # (b, t, win) into (b, t, n_fft)

@@ -59,25 +59,13 @@ def usable(*tensors: torch.Tensor) -> bool:
 
 class MelBands(NamedTuple):
     """A mel matrix's nonzero weights by band: band ``f`` sums bins ``lo[f] .. hi[f]-1``
-    with weights ``weights[start[f] : start[f] + hi[f] - lo[f]]`` (int64 / float32 arrays)."""
+    with weights ``weights[start[f] : start[f] + hi[f] - lo[f]]`` (int64 / float32 arrays;
+    made by :func:`speechconv.fbank.mel_bands`)."""
 
     lo: np.ndarray
     hi: np.ndarray
     start: np.ndarray
     weights: np.ndarray
-
-
-def mel_bands(mel: torch.Tensor) -> MelBands:
-    """``(K, F)`` mel matrix -> its :class:`MelBands` (a band's zeros inside its range are kept)."""
-    nonzero = mel != 0
-    lo, hi, start, pieces, used = [], [], [], [], 0
-    for f in range(mel.shape[1]):
-        bins = nonzero[:, f].nonzero().view(-1)
-        a, z = (int(bins[0]), int(bins[-1]) + 1) if bins.numel() else (0, 0)
-        lo.append(a), hi.append(z), start.append(used), pieces.append(mel[a:z, f].detach().cpu().float().numpy())
-        used += z - a
-    as_int = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
-    return MelBands(as_int(lo), as_int(hi), as_int(start), np.concatenate(pieces).astype(np.float32))
 
 
 def kaldi_window_frames(frames: torch.Tensor, window: torch.Tensor, preemphasis: float, remove_dc: bool,
@@ -111,7 +99,7 @@ def power_mel_floor(spec: torch.Tensor, bands: MelBands, power: float, floor: fl
 
     Args:
         spec: ``(b, t, K)`` complex64 contiguous spectra.
-        bands: :func:`mel_bands` of the ``(K, F)`` mel matrix.
+        bands: :func:`speechconv.fbank.mel_bands` of the ``(K, F)`` mel matrix.
         power: 2 (power spectrum) or 1 (magnitude).
         floor: the log floor.
         out: ``(b, t, F)`` float32 (may be a strided view with unit stride along ``F``).
