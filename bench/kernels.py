@@ -16,9 +16,8 @@ comparison with the other libraries; this isolates what the kernels contribute.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
+from collections.abc import Callable
 
 import features as bench  # bench/features.py, beside this file
 import torch
@@ -26,12 +25,14 @@ import torch
 from speechconv import kernels
 
 
-def timed(run, utts: list[torch.Tensor], fused: bool) -> float:
-    kernels.ENABLED = fused
-    time.sleep(bench.PAUSE_SECONDS)
-    start = time.perf_counter()
-    run(utts)
-    return time.perf_counter() - start
+def with_kernels(run: Callable[[list[torch.Tensor]], None], enabled: bool) -> Callable[[list[torch.Tensor]], None]:
+    """``run`` with :data:`speechconv.kernels.ENABLED` set to ``enabled`` for its call."""
+
+    def switched(utts: list[torch.Tensor]) -> None:
+        kernels.ENABLED = enabled
+        run(utts)
+
+    return switched
 
 
 def main() -> int:
@@ -48,19 +49,15 @@ def main() -> int:
     try:
         for backend in ("kaldi", "torchaudio"):
             run = bench.speechconv_runner(backend)
+            methods = {"kernels": with_kernels(run, True), "eager": with_kernels(run, False)}
             for threads in (1, 2):
                 torch.set_num_threads(threads)
                 for seconds in bench.UTTERANCE_SECONDS:
                     utts = bench.utterances(pool, seconds, total)
-                    for fused in (True, False):  # warm-up: compile or load the kernels, size the work buffers
-                        timed(run, utts[:4], fused)
-                    times = {True: [], False: []}
-                    for _ in range(repeats):
-                        for fused in (True, False):
-                            times[fused].append(timed(run, utts, fused))
-                    rtf = {fused: total / statistics.median(t) for fused, t in times.items()}
-                    print(f"{backend:>10s} {threads:7d} {seconds:4d}s {rtf[True]:8.0f}x {rtf[False]:8.0f}x "
-                          f"{rtf[True] / rtf[False]:14.2f}", flush=True)
+                    seconds_taken = bench.time_interleaved(methods, utts, repeats)  # paused, medians
+                    rtf = {name: total / t for name, t in seconds_taken.items()}
+                    print(f"{backend:>10s} {threads:7d} {seconds:4d}s {rtf['kernels']:8.0f}x {rtf['eager']:8.0f}x "
+                          f"{rtf['kernels'] / rtf['eager']:14.2f}", flush=True)
     finally:
         kernels.ENABLED = enabled
     return 0
