@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from speechconv import cmvn, deltas, fbank, kaldi_fbank, shapes
+from speechconv import cmvn, deltas, fbank, kaldi_fbank, kernels, shapes
 from speechconv.feature_config import FeatureConfig
 from speechconv.workspace import Workspace
 
@@ -119,14 +119,25 @@ def _group_features(
     static = extended[:, P : P + T]
     backend = kaldi_fbank.kaldi_log_fbank if config.backend == "kaldi" else fbank.log_mel
     backend(waveforms, lengths, config, window, mel, plan, generator, out=static, workspace=workspace)  # (b, T, F)
-    if "static" in index:
-        out[..., index["static"]] = static
-    if P:
-        deltas.deltas_into(
-            extended, frame_lengths, config.delta_window, config.order2,
-            out[..., index["delta"]] if "delta" in index else None,
-            out[..., index["delta_delta"]] if want_dd else None,
-        )
+    if kernels.usable(out):
+        # Deltas into contiguous buffers, then every channel into out in one pass: C
+        # strided copies cost 60 ns a frame each at one thread.
+        made = {"static": static}
+        for name in index.keys() - {"static"}:
+            made[name] = workspace.take(name, static.shape, waveforms)  # (b, T, F)
+        if P:
+            deltas.deltas_into(extended, frame_lengths, config.delta_window, config.order2, made.get("delta"),
+                               made.get("delta_delta"))
+        kernels.interleave_channels([made[name] for name in wanted], out)
+    else:
+        if "static" in index:
+            out[..., index["static"]] = static
+        if P:
+            deltas.deltas_into(
+                extended, frame_lengths, config.delta_window, config.order2,
+                out[..., index["delta"]] if "delta" in index else None,
+                out[..., index["delta_delta"]] if want_dd else None,
+            )
     if config.normalization == "utterance":
         out.copy_(cmvn.utterance_cmvn(out, frame_lengths))
     elif config.normalization == "global":

@@ -1,16 +1,24 @@
-"""Fused CPU kernels for the feature stage's per-frame passes (numba).
+"""Fused CPU kernels for the feature stage's per-frame passes.
 
 Eager PyTorch ops make one pass over a chunk's frames per step.  Two groups of steps
-are fused here, each into one pass per frame:
+are fused here, each into one pass per frame, and one copy is done in one pass:
 
 * :func:`kaldi_window_frames`: Kaldi's DC removal, pre-emphasis and window (the
   ``kaldi`` backend's steps 3-5, five eager passes);
 * :func:`power_mel_floor`: power (or magnitude) spectrum, mel product and log floor
-  (both backends; three eager passes and six block products).
+  (both backends; three eager passes and six block products);
+* :func:`interleave_channels`: the channels into the ``(b, t, F, C)`` features (``C``
+  strided copies).
+
+Each runs as a C++ ATen op where :mod:`speechconv.native` could build them (split over
+torch's intra-op threads), else as a serial numba kernel (the first two) or torch
+copies (the third).  The C++ ops and the numba kernels give the same bits
+(``tests/test_native.py``).
 
 Measured alone on one 3,992-frame chunk, one thread: 95 against 141 ns a frame for
-the first, 186-205 against 292 for the second.  The whole backend, in the feature
-benchmark's setting: ``bench/kernels.py`` and the README.
+the first, 186-205 against 292 for the second (numba against eager).  The C++ ops on a
+998-frame chunk: 48 and 144 ns at one thread, 26 and 77 at two.  The whole backend, in
+the feature benchmark's setting: ``bench/kernels.py`` and the README.
 
 When they run (:func:`usable`): on CPU float32 tensors, unless the environment sets
 ``SPEECHCONV_KERNELS=0`` (or :data:`ENABLED` is set to ``False``); on other devices the
@@ -19,7 +27,7 @@ kaldi-native-fbank, and to each other (``tests/test_kernels.py``).  Their values
 differ by float32 rounding only: the kernels sum a frame's mean and each mel band in
 their own order.
 
-The kernels are serial and release the GIL: no numba thread pool is started.  Its
+The numba kernels are serial and release the GIL: no numba thread pool is started.  Its
 OpenMP layer would load the system's libgomp beside torch's own, two pools whose idle
 workers spin against each other on a small machine (``parallel=True`` was no faster
 here at 2 threads), and GNU OpenMP is not fork-safe for DataLoader workers.  Python
@@ -37,6 +45,8 @@ from typing import NamedTuple
 import numba
 import numpy as np
 import torch
+
+from speechconv import native
 
 ENABLED = os.environ.get("SPEECHCONV_KERNELS", "1") != "0"
 """Use the kernels where :func:`usable` allows (``SPEECHCONV_KERNELS=0`` turns them off)."""
@@ -85,6 +95,10 @@ def kaldi_window_frames(frames: torch.Tensor, window: torch.Tensor, preemphasis:
         out: ``(b, t, n_fft)`` contiguous float32; ``[..., offset : offset + win]`` is written.
         offset: where the window sits in each ``n_fft`` row.
     """
+    ops = native.ops()
+    if ops is not None:
+        ops.kaldi_window_frames(frames, window, preemphasis, remove_dc, out, offset)
+        return
     b, t, win = frames.shape
     assert frames.stride(-1) == 1, f"frames must be rows of contiguous samples, got strides {frames.stride()}"
     assert out.is_contiguous() and out.shape[:2] == (b, t), f"out {tuple(out.shape)} must be a contiguous ({b}, {t}, n_fft)"
@@ -104,11 +118,32 @@ def power_mel_floor(spec: torch.Tensor, bands: MelBands, power: float, floor: fl
         floor: the log floor.
         out: ``(b, t, F)`` float32 (may be a strided view with unit stride along ``F``).
     """
+    assert power in (1.0, 2.0), f"power must be 1 or 2, got {power}"
+    ops = native.ops()
+    if ops is not None:
+        ops.power_mel_floor(spec, *(torch.from_numpy(a) for a in bands), power == 1.0, floor, out)
+        return
     b, t, K = spec.shape
-    assert spec.is_contiguous() and power in (1.0, 2.0), f"spec must be contiguous, power 1 or 2 (got {power})"
+    assert spec.is_contiguous(), f"spec must be contiguous, got strides {spec.stride()}"
     parts = torch.view_as_real(spec).view(b * t, K, 2)  # (b, t, K) complex -> (b*t, K, 2)
     _power_mel_floor(parts.numpy(), bands.lo, bands.hi, bands.start, bands.weights, power == 1.0,
                      np.float32(floor), out.numpy())
+
+
+def interleave_channels(sources: list[torch.Tensor], out: torch.Tensor) -> None:
+    """``out[..., c] = sources[c]`` for every channel, in one pass over ``out`` where the
+    C++ ops are built (else one strided copy per channel).
+
+    Args:
+        sources: ``C`` tensors ``(b, t, F)`` float32 with unit stride along ``F``.
+        out: ``(b, t, F, C)`` float32 with unit stride along ``C``.
+    """
+    ops = native.ops()
+    if ops is not None:
+        ops.interleave_channels(sources, out)
+        return
+    for c, source in enumerate(sources):
+        out[..., c] = source
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")

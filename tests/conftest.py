@@ -30,8 +30,10 @@ def fsdd(tmp_path_factory) -> Path:
 
 @pytest.fixture(params=["kernels", "eager"])
 def feature_path(request, monkeypatch) -> str:
-    """Run a test on both paths of the feature stage on the CPU: the fused numba kernels
-    (``speechconv.kernels``, the CPU default) and the eager torch ops (other devices)."""
+    """Run a test on both paths of the feature stage on the CPU: the fused kernels
+    (``speechconv.kernels``, the CPU default: the C++ ops, or the numba kernels where no
+    compiler is found, the same bits by ``test_native.py``) and the eager torch ops
+    (other devices)."""
     from speechconv import kernels
 
     monkeypatch.setattr(kernels, "ENABLED", request.param == "kernels")

@@ -1,5 +1,8 @@
 """The fused CPU kernels (``speechconv.kernels``) against the eager torch ops they replace.
 
+"Kernels" here is the CPU default: the C++ ops where they build, else the numba
+kernels; ``test_native.py`` holds the two to the same bits.
+
 Both paths are also held to the parity bounds against kaldi-native-fbank and librosa
 on every bundled clip (the ``feature_path`` fixture in ``test_features_kaldi.py`` and
 ``test_features_torchaudio.py``).  Here they are compared with each other over
