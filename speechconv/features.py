@@ -17,8 +17,10 @@ consecutive utterances of at most :data:`GROUP_FRAMES` padded frames:
    around the FFT run as fused kernels (:mod:`speechconv.kernels`), on other devices as
    eager torch ops;
 3. deltas and delta-deltas per utterance with its own edge frames replicated
-   (:mod:`speechconv.deltas`); every channel is written straight into its slice of
-   the ``(B, T, F, C)`` output, in ``config.channels`` order;
+   (:mod:`speechconv.deltas`); the channels go into the ``(B, T, F, C)`` output in
+   ``config.channels`` order: on CPU float32 tensors by one interleaving pass
+   (:func:`speechconv.kernels.interleave_channels`), elsewhere each channel's last
+   operation writes straight into its strided slice;
 4. normalisation (:mod:`speechconv.cmvn`);
 5. frames at or beyond each utterance's frame count are set to exactly zero.
 
@@ -106,9 +108,10 @@ def _group_features(
 ) -> None:
     """Features of one group written into ``out`` ``(b, T, F, C)`` (``T`` the group's longest).
 
-    The statics are made straight into an edge buffer that the deltas read, and each
-    channel's last operation writes into its strided slice of ``out``: no stacking.
-    The edge buffer and the backend's work buffers come from ``workspace``.
+    The statics are made straight into an edge buffer that the deltas read.  On CPU
+    float32 tensors the deltas go to contiguous buffers and one pass interleaves every
+    channel into ``out``; elsewhere each channel's last operation writes into its
+    strided slice of ``out``.  The work buffers come from ``workspace``.
     """
     T = out.shape[1]
     wanted = config.channels
