@@ -17,10 +17,8 @@ consecutive utterances of at most :data:`GROUP_FRAMES` padded frames:
    around the FFT run as fused kernels (:mod:`speechconv.kernels`), on other devices as
    eager torch ops;
 3. deltas and delta-deltas per utterance with its own edge frames replicated
-   (:mod:`speechconv.deltas`); the channels go into the ``(B, T, F, C)`` output in
-   ``config.channels`` order: on CPU float32 tensors by one interleaving pass
-   (:func:`speechconv.kernels.interleave_channels`), elsewhere each channel's last
-   operation writes straight into its strided slice;
+   (:mod:`speechconv.deltas`); every channel is written straight into its slice of
+   the ``(B, T, F, C)`` output, in ``config.channels`` order;
 4. normalisation (:mod:`speechconv.cmvn`);
 5. frames at or beyond each utterance's frame count are set to exactly zero.
 
@@ -38,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from speechconv import cmvn, deltas, fbank, kaldi_fbank, kernels, shapes
+from speechconv import cmvn, deltas, fbank, kaldi_fbank, shapes
 from speechconv.feature_config import FeatureConfig
 from speechconv.workspace import Workspace
 
@@ -108,10 +106,9 @@ def _group_features(
 ) -> None:
     """Features of one group written into ``out`` ``(b, T, F, C)`` (``T`` the group's longest).
 
-    The statics are made straight into an edge buffer that the deltas read.  On CPU
-    float32 tensors the deltas go to contiguous buffers and one pass interleaves every
-    channel into ``out``; elsewhere each channel's last operation writes into its
-    strided slice of ``out``.  The work buffers come from ``workspace``.
+    The statics are made straight into an edge buffer that the deltas read, and each
+    channel's last operation writes into its strided slice of ``out``: no stacking.
+    The edge buffer and the backend's work buffers come from ``workspace``.
     """
     T = out.shape[1]
     wanted = config.channels
@@ -122,25 +119,14 @@ def _group_features(
     static = extended[:, P : P + T]
     backend = kaldi_fbank.kaldi_log_fbank if config.backend == "kaldi" else fbank.log_mel
     backend(waveforms, lengths, config, window, mel, plan, generator, out=static, workspace=workspace)  # (b, T, F)
-    if kernels.usable(out):
-        # Deltas into contiguous buffers, then every channel into out in one pass: C
-        # strided copies cost 60 ns a frame each at one thread.
-        made = {"static": static}
-        for name in index.keys() - {"static"}:
-            made[name] = workspace.take(name, static.shape, waveforms)  # (b, T, F)
-        if P:
-            deltas.deltas_into(extended, frame_lengths, config.delta_window, config.order2, made.get("delta"),
-                               made.get("delta_delta"))
-        kernels.interleave_channels([made[name] for name in wanted], out)
-    else:
-        if "static" in index:
-            out[..., index["static"]] = static
-        if P:
-            deltas.deltas_into(
-                extended, frame_lengths, config.delta_window, config.order2,
-                out[..., index["delta"]] if "delta" in index else None,
-                out[..., index["delta_delta"]] if want_dd else None,
-            )
+    if "static" in index:
+        out[..., index["static"]] = static
+    if P:
+        deltas.deltas_into(
+            extended, frame_lengths, config.delta_window, config.order2,
+            out[..., index["delta"]] if "delta" in index else None,
+            out[..., index["delta_delta"]] if want_dd else None,
+        )
     if config.normalization == "utterance":
         out.copy_(cmvn.utterance_cmvn(out, frame_lengths))
     elif config.normalization == "global":

@@ -1,18 +1,15 @@
 """Fused CPU kernels for the feature stage's per-frame passes.
 
 Eager PyTorch ops make one pass over a chunk's frames per step.  Two groups of steps
-are fused here, each into one pass per frame, and one copy is done in one pass:
+are fused here, each into one pass per frame:
 
 * :func:`kaldi_window_frames`: Kaldi's DC removal, pre-emphasis and window (the
   ``kaldi`` backend's steps 3-5, five eager passes);
 * :func:`power_mel_floor`: power (or magnitude) spectrum, mel product and log floor
-  (both backends; three eager passes and six block products);
-* :func:`interleave_channels`: the channels into the ``(b, t, F, C)`` features (``C``
-  strided copies).
+  (both backends; three eager passes and six block products).
 
 Each runs as a C++ ATen op where :mod:`speechconv.native` could build them (split over
-torch's intra-op threads), else as a serial numba kernel (the first two) or torch
-copies (the third).  The C++ ops and the numba kernels give the same bits
+torch's intra-op threads), else as a serial numba kernel; the two give the same bits
 (``tests/test_native.py``).
 
 Measured alone on one 3,992-frame chunk, one thread: 95 against 141 ns a frame for
@@ -128,22 +125,6 @@ def power_mel_floor(spec: torch.Tensor, bands: MelBands, power: float, floor: fl
     parts = torch.view_as_real(spec).view(b * t, K, 2)  # (b, t, K) complex -> (b*t, K, 2)
     _power_mel_floor(parts.numpy(), bands.lo, bands.hi, bands.start, bands.weights, power == 1.0,
                      np.float32(floor), out.numpy())
-
-
-def interleave_channels(sources: list[torch.Tensor], out: torch.Tensor) -> None:
-    """``out[..., c] = sources[c]`` for every channel, in one pass over ``out`` where the
-    C++ ops are built (else one strided copy per channel).
-
-    Args:
-        sources: ``C`` tensors ``(b, t, F)`` float32 with unit stride along ``F``.
-        out: ``(b, t, F, C)`` float32 with unit stride along ``C``.
-    """
-    ops = native.ops()
-    if ops is not None:
-        ops.interleave_channels(sources, out)
-        return
-    for c, source in enumerate(sources):
-        out[..., c] = source
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")

@@ -115,24 +115,6 @@ def test_power_mel_floor_same_bits(cpp, mel, b, t, power, floor, margin, seed):
     assert not reference.isnan().any()
 
 
-@settings(max_examples=20, deadline=None)
-@given(b=st.integers(1, 3), t=st.integers(1, 600), F=st.sampled_from([80, 40, 1]), C=st.integers(1, 4),
-       margin=st.integers(0, 4), seed=st.integers(0, 2**16))
-def test_interleave_channels_equals_copies(cpp, b, t, F, C, margin, seed):
-    gen = torch.Generator().manual_seed(seed)
-    sources = [torch.randn(b, t + 2 * margin, F, generator=gen)[:, margin : margin + t] for _ in range(C)]
-    whole = torch.full((b + 1, t + 3, F, C), float("nan"))
-    out = whole[1:, 2 : 2 + t]  # (b, t, F, C) inside a larger tensor
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        cpp.interleave_channels(sources, out)
-    finally:
-        torch.set_num_threads(before)
-    assert torch.equal(out, torch.stack(sources, dim=-1))
-    assert whole[0].isnan().all() and whole[1:, :2].isnan().all() and whole[1:, 2 + t :].isnan().all()
-
-
 MODULE_SETTINGS = [
     {"backend": "kaldi"},
     {"backend": "kaldi", "framing": "center", "order2": "cascade", "channels": ["delta_delta", "static"]},
@@ -163,8 +145,6 @@ def test_ops_reject_bad_tensors_clearly(cpp):
         cpp.power_mel_floor(spec.transpose(1, 2), *bands, False, 1e-7, torch.zeros(1, 4, 80))
     with pytest.raises(RuntimeError, match="room for the window"):
         cpp.kaldi_window_frames(torch.zeros(1, 4, 400), torch.zeros(400), 0.97, True, torch.zeros(1, 4, 512), 200)
-    with pytest.raises(RuntimeError, match="each source must be"):
-        cpp.interleave_channels([torch.zeros(1, 4, 80), torch.zeros(1, 5, 80)], torch.zeros(1, 4, 80, 2))
 
 
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess:

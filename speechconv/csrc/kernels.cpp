@@ -32,7 +32,6 @@ namespace {
 constexpr int64_t kMelFrames = 16;  // frames whose spectra power_mel_rows holds at once (kernels.MEL_FRAMES)
 constexpr int64_t kWindowGrain = 128;  // fewest frames per thread
 constexpr int64_t kMelGrain = 8;  // fewest 16-frame blocks per thread
-constexpr int64_t kCopyGrain = 256;  // fewest frames per thread for interleave_channels
 
 // kernels._float32_sum: eight lanes over blocks of 64 samples, each block's lanes added
 // as a tree, then the blocks in order, then the tail.
@@ -155,57 +154,6 @@ void power_mel_floor(const at::Tensor& spec, const at::Tensor& lo, const at::Ten
   });
 }
 
-// Frames [begin, end) of interleave_channels: y[f * C + c] = x_c[f] for each frame.
-SPEECHCONV_CLONES
-void interleave_rows(const float* const* src, const int64_t* s0, const int64_t* s1, int64_t C, int64_t t, int64_t F,
-                     float* __restrict__ y0, int64_t y_0, int64_t y_1, int64_t begin, int64_t end) {
-  for (int64_t r = begin; r < end; ++r) {
-    const int64_t i = r / t, j = r % t;
-    float* __restrict__ y = y0 + i * y_0 + j * y_1;
-    if (C == 3) {  // the default channels: a loop the compiler vectorises with shuffles
-      const float* __restrict__ a = src[0] + i * s0[0] + j * s1[0];
-      const float* __restrict__ b = src[1] + i * s0[1] + j * s1[1];
-      const float* __restrict__ c = src[2] + i * s0[2] + j * s1[2];
-      for (int64_t f = 0; f < F; ++f) {
-        y[3 * f] = a[f];
-        y[3 * f + 1] = b[f];
-        y[3 * f + 2] = c[f];
-      }
-      continue;
-    }
-    for (int64_t c = 0; c < C; ++c) {
-      const float* __restrict__ x = src[c] + i * s0[c] + j * s1[c];
-      for (int64_t f = 0; f < F; ++f) y[f * C + c] = x[f];
-    }
-  }
-}
-
-// out[i, j, f, c] = sources[c][i, j, f]: sources (b, t, F) float32 with unit stride along F,
-// out (b, t, F, C) float32 with each frame's (F, C) block contiguous.  One pass over out
-// instead of C strided copies.
-void interleave_channels(at::TensorList sources, const at::Tensor& out) {
-  check_float(out, "out");
-  const int64_t C = static_cast<int64_t>(sources.size());
-  TORCH_CHECK(out.dim() == 4 && out.size(3) == C && out.stride(3) == 1 && out.stride(2) == C,
-              "out must be (b, t, F, C), C = len(sources), with each frame's (F, C) block contiguous");
-  const int64_t b = out.size(0), t = out.size(1), F = out.size(2);
-  std::vector<const float*> src(C);
-  std::vector<int64_t> s0(C), s1(C);
-  for (int64_t c = 0; c < C; ++c) {
-    const at::Tensor& x = sources[c];
-    check_float(x, "each source");
-    TORCH_CHECK(x.dim() == 3 && x.size(0) == b && x.size(1) == t && x.size(2) == F && x.stride(2) == 1,
-                "each source must be (b, t, F) with unit stride along F, like out's first three sizes");
-    src[c] = x.const_data_ptr<float>();
-    s0[c] = x.stride(0);
-    s1[c] = x.stride(1);
-  }
-  float* y0 = out.data_ptr<float>();
-  at::parallel_for(0, b * t, kCopyGrain, [&](int64_t begin, int64_t end) {
-    interleave_rows(src.data(), s0.data(), s1.data(), C, t, F, y0, out.stride(0), out.stride(1), begin, end);
-  });
-}
-
 }  // namespace
 
 TORCH_LIBRARY(speechconv, m) {
@@ -213,11 +161,9 @@ TORCH_LIBRARY(speechconv, m) {
         "int offset) -> ()");
   m.def("power_mel_floor(Tensor spec, Tensor lo, Tensor hi, Tensor start, Tensor weights, bool magnitude, "
         "float floor, Tensor(a!) out) -> ()");
-  m.def("interleave_channels(Tensor[] sources, Tensor(a!) out) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(speechconv, CPU, m) {
   m.impl("kaldi_window_frames", kaldi_window_frames);
   m.impl("power_mel_floor", power_mel_floor);
-  m.impl("interleave_channels", interleave_channels);
 }
