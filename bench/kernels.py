@@ -1,13 +1,12 @@
 """Benchmark: the feature stage with its C++ and its numba kernels against the eager torch ops.
 
-Run: ``.venv/bin/python bench/kernels.py`` (about 5 minutes; ``--quick`` for a smoke
+Run: ``.venv/bin/python bench/kernels.py`` (about 2 minutes; ``--quick`` for a smoke
 run, ``--repeats N`` rounds per cell, default 9).  A benchmark, not a test: it asserts
 nothing.
 
 :mod:`speechconv.kernels` replaces two groups of eager passes by one kernel each
-(Kaldi's pre-FFT steps; power spectrum + mel product + floor) and the per-channel
-copies by one pass; each is a C++ op split over torch's threads
-(:mod:`speechconv.native`), else a serial numba kernel.  This times both backends three
+(Kaldi's pre-FFT steps; power spectrum + mel product + floor), a C++ op split over
+torch's threads (:mod:`speechconv.native`), else a serial numba kernel.  This times both backends three
 ways, in the setting of ``bench/features.py``: the C++ ops (the CPU default), the numba
 kernels (``speechconv.native.ENABLED = False``) and the eager ops
 (``speechconv.kernels.ENABLED = False``); 10 minutes of the same audio in 3, 10 and

@@ -29,6 +29,8 @@ from speechconv.kaldi_fbank import kaldi_mel_banks
 @pytest.fixture(scope="module")
 def cpp():
     """The loaded C++ ops; skipped only where the machine has no C++ compiler."""
+    if not native.ENABLED:
+        pytest.skip("SPEECHCONV_NATIVE=0: the C++ kernels are switched off")
     if native.compiler() is None:
         pytest.skip("no C++ compiler here: the numba kernels run (test_kernels.py)")
     ops = native.ops()
