@@ -268,13 +268,20 @@ def peak_rss_for_one_hour(pool: torch.Tensor, folder: Path) -> str:
             f"{'under' if peak < 1024 * 1024 else 'OVER'} 1 GB")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="60 s of audio per length, 1 round, no RSS run")
-    parser.add_argument("--repeats", type=int, default=15, help="interleaved timing rounds (median reported)")
+def timing_args(doc: str, repeats: int, quick_help: str) -> tuple[argparse.Namespace, float, int]:
+    """The benchmarks' command line: ``(args, audio seconds per utterance length, timing
+    rounds)``, 600 s and ``--repeats`` rounds (default ``repeats``), or with ``--quick``
+    60 s and one round."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--repeats", type=int, default=repeats,
+                        help=f"interleaved timing rounds per cell, median reported (default {repeats})")
     args = parser.parse_args()
-    total = 60.0 if args.quick else 600.0
-    repeats = 1 if args.quick else args.repeats
+    return args, (60.0 if args.quick else 600.0), (1 if args.quick else args.repeats)
+
+
+def main() -> int:
+    args, total, repeats = timing_args(__doc__, 15, "60 s of audio per length, 1 round, no RSS run")
 
     print(f"torch {torch.__version__}, torchaudio {torchaudio.__version__}, librosa {librosa.__version__}; "
           f"{os.cpu_count()} CPUs; MALLOC_MMAP_MAX_={os.environ.get('MALLOC_MMAP_MAX_', 'unset')}")

@@ -18,7 +18,6 @@ what the kernels contribute.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 
@@ -42,12 +41,7 @@ def with_kernels(run: Callable[[list[torch.Tensor]], None], variant: str) -> Cal
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="60 s of audio per length, 1 round")
-    parser.add_argument("--repeats", type=int, default=9, help="interleaved rounds per cell (default 9)")
-    args = parser.parse_args()
-    total = 60 if args.quick else 600
-    repeats = 1 if args.quick else args.repeats
+    _, total, repeats = bench.timing_args(__doc__, 9, "60 s of audio per length, 1 round")
     pool = bench.audio_pool(total + 60)
     if native.ops() is None:
         print("the C++ kernels are not built here (see the warning): the c++ column times the numba kernels")
