@@ -66,13 +66,33 @@ def test_missing_and_foreign_checkpoints(tmp_path):
         load_checkpoint(tmp_path / "list.pt")
 
 
-def test_pickled_objects_are_refused(tmp_path):
-    # weights_only=True: a checkpoint that would need arbitrary code to unpickle is an error, not executed
+class _Payload:
+    """Unpickling this runs ``Path.touch`` on a file: what a malicious checkpoint would do."""
+
+    def __init__(self, target) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (pathlib.Path(self.target),)
+
+
+@pytest.mark.parametrize("planted", ["payload", "numpy_generator"])
+def test_pickled_objects_are_refused_unread(tmp_path, planted):
+    """A checkpoint that needs code to unpickle is refused with a message that says so, and
+    the code never runs (an evil pickle) whatever the object (a foreign class too)."""
     state = _state()
-    state["config"] = np.random.default_rng(0)
+    marker = tmp_path / "payload-ran"
+    state["config"] = _Payload(marker) if planted == "payload" else np.random.default_rng(0)
     torch.save(state, tmp_path / "unsafe.pt")
-    with pytest.raises(CheckpointError, match=r"unsafe\.pt"):
+    with pytest.raises(CheckpointError) as info:
         load_checkpoint(tmp_path / "unsafe.pt")
+    message = str(info.value)
+    assert f"checkpoint {tmp_path / 'unsafe.pt'} was refused" in message
+    assert "pickled objects that only running code could rebuild" in message and "GLOBAL" in message
+    assert "nothing in it was run" in message and "corrupt" not in message
+    assert not marker.exists(), "the planted payload ran"
 
 
 def test_a_failed_save_keeps_the_previous_file(tmp_path):

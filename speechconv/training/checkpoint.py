@@ -54,12 +54,32 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return Path(path)
 
 
+WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
+"""How ``torch.load(weights_only=True)`` starts its error, for a refused global and for
+bytes it cannot parse alike; a refused global is named on a line with ``GLOBAL``."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _refused_global(exc: BaseException) -> str | None:
+    """The line of torch's weights-only refusal that names a global it would not import
+    (``Unsupported global: GLOBAL numpy.random...``), or None for any other failure."""
+    if not str(exc).startswith(WEIGHTS_ONLY_REFUSAL):
+        return None
+    return next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), None)
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``.
 
     Raises:
         CheckpointError: the file is missing, truncated or corrupt, not a speechconv
-            checkpoint, or lacks one of :data:`CHECKPOINT_KEYS`; the message names the file.
+            checkpoint, or lacks one of :data:`CHECKPOINT_KEYS`; or it holds pickled
+            objects beyond tensors and plain values (refused unread: unpickling them
+            would run code).  The message names the file.
     """
     p = Path(path)
     if not p.is_file():
@@ -67,9 +87,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        refused = _refused_global(exc)
+        if refused:
+            raise CheckpointError(
+                f"checkpoint {p} was refused: it holds pickled objects that only running code could rebuild "
+                f"({refused}), where speechconv checkpoints hold tensors and plain values only. It was "
+                f"not written by speechconv's train.py, or it was altered; nothing in it was run. Do not load it "
+                f"with weights_only=False unless you trust where it came from"
+            ) from exc
         raise CheckpointError(
-            f"checkpoint {p} is corrupt or half-written ({first}); use another checkpoint or retrain"
+            f"checkpoint {p} is corrupt or half-written ({_first_line(exc)}); use another checkpoint or retrain"
         ) from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {p} holds a {type(state).__name__}, not a speechconv checkpoint dict")
