@@ -78,23 +78,25 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, fsdd, reference):
     assert_resumed_equals_reference(out, reference)
 
 
-def test_ctrl_c_saves_at_the_current_step_and_resume_finishes(tmp_path, fsdd, reference):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_stop_signal_saves_at_the_current_step_and_resume_finishes(tmp_path, fsdd, reference, sig):
     out = tmp_path / "run"
     args = [*RUN, f"data.fsdd_dir={fsdd}", "data.num_workers=1", f"hydra.run.dir={out}"]
     proc = start(train_cmd(*args), tmp_path)
     try:
-        interrupt_after_first_checkpoint(proc, out / "last.pt", signal.SIGINT)  # worker included, as a terminal's
+        interrupt_after_first_checkpoint(proc, out / "last.pt", sig)  # worker included, as a terminal's
         printed = finish(proc)
     finally:
         stop(proc)
-    assert proc.returncode == 130, printed
+    assert proc.returncode == 128 + sig, printed  # 130 for Ctrl-C, 143 for SIGTERM
     assert "Traceback" not in printed, printed
     step = checkpoint_step(out / "last.pt")
     assert step is not None and 0 < step < MAX_STEPS
-    assert f"SIGINT: stopped at step {step} of {MAX_STEPS}; saved {out / 'last.pt'}" in printed
+    assert f"{sig.name}: stopped at step {step} of {MAX_STEPS}; saved {out / 'last.pt'}" in printed
     assert f"trainer.resume=true hydra.run.dir={out}" in printed
     # the checkpoint is at the step it stopped at, not the last periodic one, with the rows up to it
     assert [int(r["step"]) for r in metric_rows(out) if r["split"] == "train"] == list(range(1, step + 1))
+    assert not list(out.glob(".*tmp*")), "temporary files left behind"
 
     resumed = run(train_cmd(*args, "trainer.resume=true"), tmp_path)
     assert resumed.returncode == 0, resumed.stdout

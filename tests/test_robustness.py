@@ -212,3 +212,37 @@ def test_new_trainer_settings_are_validated(override, key, expected):
     with pytest.raises(ConfigError) as err:
         validate(compose([override]))
     assert key in str(err.value) and expected in str(err.value)
+
+
+def test_second_ctrl_c_during_the_save_keeps_the_previous_checkpoint(tmp_path, fsdd, monkeypatch):
+    """Ctrl-C after step 3 asks for a save at step 3; a second Ctrl-C arrives while that
+    checkpoint is being written (its temporary file is complete, not yet renamed): the run
+    aborts, last.pt is still the complete step-2 checkpoint and no temporary file is left."""
+    import signal
+
+    from speechconv import atomic
+
+    cfg = config(fsdd, "trainer.checkpoint_every=2", max_steps=6)
+    real_step, real_fsync = loop.train_step, atomic.os.fsync
+    saves = []
+
+    def step_then_ctrl_c(stepper, batch, units, stop, step, where):
+        out = real_step(stepper, batch, units, stop, step, where)
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # the first one: finish the step and save
+        return out
+
+    def fsync_then_ctrl_c(fd):
+        real_fsync(fd)
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(".last.pt."):
+            saves.append(fd)
+            if len(saves) == 2:  # the step-3 checkpoint (the first was step 2's)
+                os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(loop, "train_step", step_then_ctrl_c)
+    monkeypatch.setattr(atomic.os, "fsync", fsync_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(cfg, tmp_path)
+    assert len(saves) == 2, "the second Ctrl-C did not come during the step-3 save"
+    assert checkpoint_step(tmp_path / "last.pt") == 2
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name], "a temporary file was left"

@@ -66,9 +66,12 @@ def build_train_data(data: DataConfig, features: FeatureConfig, vocab: CharVocab
 
 
 def _init_worker(worker_id: int) -> None:
-    """Ctrl-C is the main process' to handle (it finishes the step and saves, see
-    :mod:`speechconv.training.signals`); a worker dying of it would break that."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Ctrl-C and SIGTERM are the main process' to handle (it finishes the step and saves,
+    see :mod:`speechconv.training.signals`).  A terminal, ``kill -TERM -PGID`` or a job
+    scheduler sends them to the whole process group; a worker dying of one would break
+    the step in flight.  Workers still end with the main process (DataLoader's watchdog)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     worker_init_fn(worker_id)
 
 

@@ -10,8 +10,9 @@ raised in the middle of ``optimizer.step`` would leave half-updated weights.
 A second signal aborts at once (``KeyboardInterrupt``; the previous checkpoint stays,
 files are written atomically), except under DDP, where ``torchrun`` forwards the
 terminal's Ctrl-C to its workers, which therefore get it twice.  DataLoader workers
-ignore SIGINT (:func:`speechconv.training.data.loader`), so a Ctrl-C in a terminal
-does not kill them under the main process' feet.
+ignore SIGINT and SIGTERM (:func:`speechconv.training.data.loader`), so a signal sent to
+the whole process group (a terminal's Ctrl-C, a scheduler's SIGTERM) does not kill them
+under the main process' feet.
 
 Handlers are installed only in the main thread (Python's rule) and restored on exit.
 """
