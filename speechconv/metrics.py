@@ -1,4 +1,4 @@
-"""Word and character error rates from one Levenshtein distance.
+"""Word and character error rates from one Levenshtein distance (torchaudio's).
 
 ``errors`` is the minimum number of substitutions, deletions and insertions that turn
 the reference token sequence into the hypothesis; the corpus rate is
@@ -18,8 +18,12 @@ loop never dies on an odd batch).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from torchaudio.functional import edit_distance
+
+__all__ = ["ErrorRate", "cer", "edit_distance", "error_rate", "tokenize", "wer"]
 
 UNITS = ("word", "char")
 
@@ -39,21 +43,6 @@ class ErrorRate:
 
     def __add__(self, other: ErrorRate) -> ErrorRate:
         return ErrorRate(self.errors + other.errors, self.ref_length + other.ref_length)
-
-
-def edit_distance(ref: Sequence[Hashable], hyp: Sequence[Hashable]) -> int:
-    """Levenshtein distance (unit costs) between two token sequences, O(len(ref) * len(hyp))."""
-    previous = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, start=1):
-        current = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, start=1):
-            current[j] = min(
-                previous[j] + 1,  # deletion of r
-                current[j - 1] + 1,  # insertion of h
-                previous[j - 1] + (r != h),  # match or substitution
-            )
-        previous = current
-    return previous[-1]
 
 
 def tokenize(text: str, unit: str) -> list[str]:

@@ -111,7 +111,7 @@ class CharVocabulary:
         return [self._ids[ch] for ch in self.normalize(text)]
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text of ``ids``; special tokens are skipped (no CTC collapsing: see :meth:`ctc_decode`)."""
+        """Text of ``ids``; special tokens are skipped (CTC's greedy collapse is :func:`speechconv.models.ctc_collapse`)."""
         first = len(self.specials)
         out = []
         for i in ids:
@@ -121,16 +121,6 @@ class CharVocabulary:
             if i >= first:
                 out.append(self.tokens[i])
         return "".join(out)
-
-    def ctc_decode(self, ids: Iterable[int]) -> str:
-        """Greedy CTC: merge repeated ids, drop blanks, then :meth:`decode`."""
-        merged, previous = [], None
-        for i in ids:
-            i = int(i)
-            if i != previous and i != self.blank_id:
-                merged.append(i)
-            previous = i
-        return " ".join(self.decode(merged).split())
 
     # ------------------------------------------------------------ checkpoints
     def to_dict(self) -> dict[str, Any]:

@@ -71,13 +71,6 @@ def test_decode_skips_specials_and_rejects_out_of_range():
         VOCAB.decode([32])
 
 
-def test_ctc_decode_merges_repeats_and_drops_blanks():
-    # "a a <b> a b b <b> <b> ' ' c" -> "a" "a" "b" then space then c
-    ids = [6, 6, 0, 6, 7, 7, 0, 0, 4, 4, 8]
-    assert VOCAB.ctc_decode(ids) == "aab c"
-    assert VOCAB.ctc_decode([0, 0, 0]) == ""
-
-
 def test_dict_round_trip():
     data = VOCAB.to_dict()
     assert CharVocabulary.from_dict(data) == VOCAB
