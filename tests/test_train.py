@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -147,7 +148,9 @@ def test_shapes_mode_shows_the_overridden_shapes(tmp_path, capsys):
     t4 = -(-frames // 4)
     assert "all equal" in printed
     assert f"(1, {frames}, 40, 3) -> (1, {t4}, {10 * 32})" in printed  # 40 -> 20 -> 10 rows, 32 filters flattened
-    assert "64" in printed
+    # layer 0: 64 kernels of 3 x 3 x 3 over 98 x 40 x 3; layer 1 reads its 64 channels
+    assert re.search(r"layers\.0 +conv\+relu +98 x 40 x 3 +64 x 3 x 3 x 3 .* 49 x 20 x 64 ", printed)
+    assert re.search(r"layers\.1 +conv\+relu +49 x 20 x 64 +32 x 64 x 3 x 3 .* 25 x 10 x 32 ", printed)
 
 
 def test_shapes_via_train_py_for_the_full_encoder(tmp_path):
