@@ -6,10 +6,12 @@ into ``(B, ceil(T/4), 20, 32)``.
 
 Each layer (:class:`ConvLayer`) runs four steps on ``(B, C, T, F)``:
 
-1. pad: each utterance's valid frames are copied into a zero buffer at its own offset
-   (:func:`speechconv.masking.pad_per_utterance`; SAME's padding before depends on the
-   utterance's length), frequency rows padded alike, so the conv reads no frame of
-   another utterance's padding and has no padding of its own;
+1. pad: with TF SAME each utterance's frames are copied into a zero buffer at its own
+   offset (:func:`speechconv.masking.pad_per_utterance`: SAME's padding before depends
+   on the utterance's length); with fixed alignment (``valid``, ``causal``, an int) the
+   conv pads time itself, since every layer's input is zero past each length.  The conv
+   pads frequency itself too (zero taps on one side of the kernel make SAME's
+   asymmetric split out of the conv's symmetric padding);
 2. conv (a bias only without batch norm: the norm's mean would cancel it);
 3. batch norm over valid frames only (:class:`speechconv.masking.MaskedBatchNorm`),
    which writes zeros past each output length;
@@ -75,23 +77,29 @@ def _time_formula(layers: list[LayerConfig]) -> str:
 class ConvLayer(nn.Module):
     """One encoder layer: per-utterance padding, conv, masked batch norm, activation, dropout.
 
-    Attributes ``conv`` (``nn.Conv2d`` with no padding of its own) and ``norm``
+    Attributes ``conv`` (``nn.Conv2d``; :meth:`transform` pads for it) and ``norm``
     (:class:`speechconv.masking.MaskedBatchNorm` or None) hold every parameter; ``time``
-    is the time geometry (:class:`speechconv.shapes.AxisGeometry`), ``freq_before`` and
-    ``freq_after`` the zero rows along frequency.
+    is the time geometry (:class:`speechconv.shapes.AxisGeometry`); ``freq_pad`` the
+    conv's symmetric padding along frequency and ``kernel_pad`` the zero taps put in
+    front of and behind its kernel there, which turn it into the wanted zeros before and
+    after (SAME's ``(0, 1)`` rows at stride 2 is padding 1 and one tap in front: the
+    window of output ``j`` then starts at row ``2j``); ``time_pad`` the conv's padding
+    along time with fixed alignment (0 for SAME, which
+    :func:`speechconv.masking.pad_per_utterance` pads per utterance).
 
     Shapes:
-        ``forward(x, lengths)``: ``(B, C, T, F)`` and ``(B,)`` -> ``(B, C', T', F')``
-        (channels_last strides), zero past each output length, and ``(B,)`` output
-        lengths.  Frames of ``x`` past ``lengths`` are never read, whatever they hold.
+        ``forward(x, lengths)``: ``(B, C, T, F)`` zero past ``lengths`` (what every layer
+        gives, and what the encoder makes of its features) and ``(B,)`` ->
+        ``(B, C', T', F')`` (channels_last strides), zero past each output length, and
+        ``(B,)`` output lengths.
     """
 
     def __init__(self, lc: LayerConfig, in_channels: int, in_freq: int, name: str) -> None:
         super().__init__()
         self.time = lc.time_geometry()
         fg = lc.freq_geometry(in_freq)
-        self.freq_before, self.freq_after = shapes.padding_amounts(in_freq, fg.kernel, fg.stride, fg.padding)
-        padded_freq = in_freq + self.freq_before + self.freq_after
+        freq_before, freq_after = shapes.padding_amounts(in_freq, fg.kernel, fg.stride, fg.padding)
+        padded_freq = in_freq + freq_before + freq_after
         if fg.kernel > padded_freq:
             raise ValueError(
                 f"encoder {name}: frequency kernel {fg.kernel} is larger than the {padded_freq} rows it sees "
@@ -101,8 +109,18 @@ class ConvLayer(nn.Module):
         self.in_freq = in_freq
         self.out_freq = shapes.conv_out_length(in_freq, fg.kernel, fg.stride, fg.padding)
         assert self.out_freq == (padded_freq - fg.kernel) // fg.stride + 1, (
-            f"encoder {name}: frequency padding {self.freq_before}+{self.freq_after} disagrees with shapes.py"
+            f"encoder {name}: frequency padding {freq_before}+{freq_after} disagrees with shapes.py"
         )
+        # The conv pads frequency itself (no padded copy of its input, and no output rows
+        # to cut, which in training would cost a zero fill and a copy in backward): zero
+        # taps in front of its kernel (more zeros after) or behind it (more before) make
+        # the wanted split out of its symmetric padding.  It pads time too when the
+        # padding has fixed alignment: the input is zero past each length, so the zeros
+        # behind an utterance are its own.
+        self.freq_pad = max(freq_before, freq_after)
+        self.kernel_pad = (self.freq_pad - freq_before, self.freq_pad - freq_after)
+        self.time_pad = 0 if self.time.padding == "same" else shapes.padding_amounts(
+            1, self.time.kernel, self.time.stride, self.time.padding)[0]
         self.out_channels = lc.filters
         self.conv = nn.Conv2d(in_channels, lc.filters, (self.time.kernel, fg.kernel), (self.time.stride, fg.stride),
                               bias=not lc.batch_norm)
@@ -114,7 +132,7 @@ class ConvLayer(nn.Module):
     def extra_repr(self) -> str:
         g = self.time
         return f"time: kernel {g.kernel}, stride {g.stride}, padding {g.padding!r}; " \
-               f"frequency rows {self.in_freq} -> {self.out_freq}, zero rows {self.freq_before}+{self.freq_after}"
+               f"frequency rows {self.in_freq} -> {self.out_freq}"
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """``(B,)`` input lengths -> ``(B,)`` int64 output lengths (:mod:`speechconv.shapes`)."""
@@ -122,26 +140,34 @@ class ConvLayer(nn.Module):
         return shapes.conv_out_length_tensor(lengths, g.kernel, g.stride, g.padding)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` ``(B, C, T, F)``, ``lengths`` ``(B,)`` -> ``(B, C', T', F')``, ``(B,)``."""
+        """``x`` ``(B, C, T, F)``, zero past ``lengths`` ``(B,)`` -> ``(B, C', T', F')``, ``(B,)``."""
         g = self.time
         out_time = shapes.conv_out_length(x.shape[2], g.kernel, g.stride, g.padding)
         out_lengths = self.output_lengths(lengths)
-        pad_before = shapes.pad_before_tensor(lengths, g.kernel, g.stride, g.padding)
-        x = masking.pad_per_utterance(x, lengths, pad_before, shapes.conv_input_span(out_time, g.kernel, g.stride),
-                                      self.freq_before, self.freq_after)  # (B, C, span, F_pad)
-        return self.transform(x, shapes.make_pad_mask(out_lengths, out_time)), out_lengths
+        if g.padding == "same":  # each utterance at its own offset: (B, C, T, F) -> (B, C, span, F)
+            pad_before = shapes.pad_before_tensor(lengths, g.kernel, g.stride, g.padding)
+            x = masking.pad_per_utterance(x, lengths, pad_before, shapes.conv_input_span(out_time, g.kernel, g.stride))
+        return self.transform(x, shapes.make_pad_mask(out_lengths, out_time), self.time_pad), out_lengths
 
-    def transform(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Conv, norm, activation and dropout of an input already padded for the conv.
+    def transform(self, x: torch.Tensor, mask: torch.Tensor, time_pad: int = 0) -> torch.Tensor:
+        """Conv, norm, activation and dropout.
 
         Args:
-            x: ``(B, C, span, F_pad)``, padding included along both axes.
+            x: ``(B, C, T, F)``, already padded along time unless ``time_pad`` (then zero
+                past each length); the conv pads frequency.
             mask: ``(B, T')`` bool, True on the output frames to keep.
+            time_pad: zeros the conv puts on both sides along time.
 
         Returns:
             ``(B, C', T', F')``, zero where ``mask`` is False.
         """
-        y = self.conv(x)  # (B, C, span, F_pad) -> (B, C', T', F')
+        conv = self.conv
+        if x.shape[1] == 1:  # one channel: the strides of a contiguous (B, 1, T, F) (oneDNN bug, masking.conv_layout)
+            x = x.squeeze(1).unsqueeze(1)
+        weight = nn.functional.pad(conv.weight, self.kernel_pad) if any(self.kernel_pad) else conv.weight
+        y = nn.functional.conv2d(x, weight, conv.bias, conv.stride, (time_pad, self.freq_pad))
+        if self.time.padding == "causal":  # the symmetric padding's outputs past the end
+            y = y[:, :, : mask.shape[1]]
         if self.norm is not None:
             return self.dropout(self.act(self.norm(y, mask)))  # zero past the lengths, and 0 -> 0 after
         return self.dropout(self.act(y)) * mask[:, None, :, None].to(y.dtype)  # (B, T') -> (B, 1, T', 1)
@@ -424,6 +450,8 @@ class ConvEncoder(nn.Module):
     def _forward_layers(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The plain path: each branch's layers in turn on the whole batch, then the fusion.
         ``(B, T, F, C)``, ``(B,)`` -> as :meth:`forward`."""
+        # Zeros past each length, whatever the features hold there: what the layers read.
+        features = features * shapes.make_pad_mask(lengths, features.shape[1])[:, :, None, None].to(features.dtype)
         x = features.permute(0, 3, 1, 2)  # (B, T, F, C) -> (B, C, T, F), channels_last strides
         outs: list[torch.Tensor] = []
         out_lengths = lengths
@@ -477,27 +505,27 @@ def fold_batch_norms(encoder: ConvEncoder) -> ConvEncoder:
     """An eval-form copy of ``encoder``: each batch norm folded into its conv.
 
     ``bn(conv(x)) = conv'(x)`` on running statistics
-    (:meth:`speechconv.masking.MaskedBatchNorm.fold`), so the copy computes what the
-    eval-mode ``encoder`` computes (up to float rounding) with one pass less per layer:
-    what ``torch.export`` and ONNX are given.  Training the copy raises; ``encoder`` is
-    left as it is.
+    (:meth:`speechconv.masking.MaskedBatchNorm.fold`), and each kernel's zero taps of
+    asymmetric frequency padding (:class:`ConvLayer`) written into it, so the copy
+    computes what the eval-mode ``encoder`` computes (up to float rounding) with plain
+    convs: what ``torch.export`` and ONNX are given.  Training the copy raises;
+    ``encoder`` is left as it is.
     """
     folded = copy.deepcopy(encoder).eval()
     for branch in folded.branches:
         for layer in branch.layers:
-            norm = layer.norm
-            if norm is None:
-                continue
-            weight, bias = norm.fold(layer.conv.weight.detach(), None if layer.conv.bias is None
-                                     else layer.conv.bias.detach())
             conv = layer.conv
-            layer.conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, bias=True)
+            weight, bias = conv.weight.detach(), None if conv.bias is None else conv.bias.detach()
+            if layer.norm is not None:
+                weight, bias = layer.norm.fold(weight, bias)
+            weight = nn.functional.pad(weight, layer.kernel_pad)  # (C', C, kT, kF) -> (C', C, kT, kF + taps)
+            layer.conv = nn.Conv2d(conv.in_channels, conv.out_channels, tuple(weight.shape[2:]), conv.stride,
+                                   bias=bias is not None).to(device=weight.device, dtype=weight.dtype)
             with torch.no_grad():
                 layer.conv.weight.copy_(weight)
-                layer.conv.bias.copy_(bias)
-            layer.conv.to(device=conv.weight.device, dtype=conv.weight.dtype)
-            layer.norm = None
-            layer.folded = True
+                if bias is not None:
+                    layer.conv.bias.copy_(bias)
+            layer.norm, layer.kernel_pad, layer.folded = None, (0, 0), True
     return folded
 
 

@@ -53,10 +53,9 @@ class LayerStream:
         assert g.padding != "same", "SAME padding cannot stream; ConvEncoder.streaming() checks it"
         self.layer, self.kernel, self.stride = layer, g.kernel, g.stride
         self.before, self.after = shapes.padding_amounts(1, g.kernel, g.stride, g.padding)
-        f_pad = layer.freq_before + layer.in_freq + layer.freq_after
-        # (B, C, T, F_pad): each stream's cached frames from frame 0, `count` of them
+        # (B, C, T, F): each stream's cached frames from frame 0, `count` of them
         # (a negative count: that many frames to skip before the next window)
-        self.cache = torch.zeros(batch, in_channels, self.before, f_pad, device=device, dtype=dtype)
+        self.cache = torch.zeros(batch, in_channels, self.before, layer.in_freq, device=device, dtype=dtype)
         self.count = torch.full((batch,), self.before, dtype=torch.int64, device=device)
 
     def step(self, x: torch.Tensor, counts: torch.Tensor, started: torch.Tensor,
@@ -69,8 +68,8 @@ class LayerStream:
         total = self.count + counts + torch.where(final & started, self.after, 0)
         span = max(int(total.max()), 0)
         zeros = torch.zeros_like(self.count)
-        cache = masking.pad_per_utterance(self.cache, self.count.clamp(min=0), zeros, span)  # (B, C, span, F_pad)
-        frames = cache + masking.pad_per_utterance(x, counts, self.count, span, layer.freq_before, layer.freq_after)
+        cache = masking.pad_per_utterance(self.cache, self.count.clamp(min=0), zeros, span)  # (B, C, span, F)
+        frames = cache + masking.pad_per_utterance(x, counts, self.count, span)
         windows = torch.where(started & (total >= self.kernel),
                               torch.div(total - self.kernel, self.stride, rounding_mode="floor") + 1, 0)
         out_time = int(windows.max())

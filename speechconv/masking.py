@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -36,47 +35,37 @@ def conv_layout(rows: torch.Tensor) -> torch.Tensor:
     return rows.permute(0, 3, 1, 2)  # (B, T, F, C) -> (B, C, T, F)
 
 
-def pad_per_utterance(
-    x: torch.Tensor,
-    lengths: torch.Tensor,
-    pad_before: torch.Tensor,
-    span: int,
-    freq_before: int = 0,
-    freq_after: int = 0,
-) -> torch.Tensor:
+def pad_per_utterance(x: torch.Tensor, lengths: torch.Tensor, pad_before: torch.Tensor, span: int) -> torch.Tensor:
     """Each utterance's valid frames, placed at its own time offset in a zero buffer.
 
     Frame ``t`` of utterance ``b`` goes to buffer frame ``pad_before[b] + t`` for every
     ``t < lengths[b]`` that lands inside ``[0, span)``; everything else is zero, and
     frames of ``x`` past ``lengths[b]`` are never read, whatever they hold.  A negative
     ``pad_before`` drops that many frames from the front (the streams use it to let go
-    of frames they no longer need).  Along frequency every utterance gets the same
-    zero rows.
+    of frames they no longer need).
 
-    One zero frame is appended to ``x`` and the buffer is one row gather from it: each
-    buffer frame reads its source frame, or the zero frame.  Its backward is one
-    ``index_add``.
+    One row gather (each buffer frame reads its source frame, clamped into range) and an
+    in-place zero fill of the frames that have none; the backward is one ``index_add``.
 
     Args:
         x: ``(B, C, T, F)``.
         lengths: ``(B,)`` valid frames, each ``<= T``.
         pad_before: ``(B,)`` int offsets (SAME per utterance, or a constant).
         span: time size of the buffer.
-        freq_before, freq_after: zero rows before and after along frequency.
 
     Returns:
-        ``(B, C, span, freq_before + F + freq_after)`` laid out by :func:`conv_layout`
-        (channels_last strides; contiguous ones for a single channel).
+        ``(B, C, span, F)`` laid out by :func:`conv_layout` (channels_last strides;
+        contiguous ones for a single channel).
     """
     b_size, c_size, t_size, f_size = x.shape
-    f_pad = freq_before + f_size + freq_after
-    # (B, C, T, F) -> (B, T, F, C) -> (B, T + 1, F_pad, C): frame T of every utterance is zero
-    rows = F.pad(x.permute(0, 2, 3, 1), (0, 0, freq_before, freq_after, 0, 1))
+    if t_size == 0:
+        return conv_layout(x.new_zeros(b_size, span, f_size, c_size))
+    rows = x.permute(0, 2, 3, 1).reshape(b_size * t_size, f_size, c_size)  # (B, C, T, F) -> (B * T, F, C)
     src = torch.arange(span, device=x.device)[None, :] - pad_before[:, None]  # (B, span) frame of x read
-    src = torch.where((src >= 0) & (src < lengths[:, None]), src, t_size)
-    src = src + torch.arange(b_size, device=x.device)[:, None] * (t_size + 1)  # (B, span) row of the flat rows
-    buf = rows.reshape(b_size * (t_size + 1), f_pad, c_size).index_select(0, src.flatten())  # (B * span, F_pad, C)
-    return conv_layout(buf.view(b_size, span, f_pad, c_size))  # (B * span, F_pad, C) -> (B, C, span, F_pad)
+    empty = (src < 0) | (src >= lengths[:, None])
+    src = src.clamp(0, t_size - 1) + torch.arange(b_size, device=x.device)[:, None] * t_size  # (B, span) row
+    buf = rows.index_select(0, src.flatten()).masked_fill_(empty.flatten()[:, None, None], 0.0)  # (B * span, F, C)
+    return conv_layout(buf.view(b_size, span, f_size, c_size))  # (B * span, F, C) -> (B, C, span, F)
 
 
 class MaskedBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -155,7 +144,10 @@ class MaskedBatchNorm(nn.modules.batchnorm._BatchNorm):
         syncing = self.sync and self.training and dist.is_available() and dist.is_initialized()
         m = m.double()
         count = m.sum() * rows.shape[2]  # valid values per channel (this rank)
-        frames = torch.cat([rows.sum(2, keepdim=True), rows.square().sum(2, keepdim=True)], dim=3)  # (B, T, 1, 2C)
+        # Per-frame sums of x^2: x * x.detach() has their value and half their gradient (2x),
+        # which 2 * s - s.detach() restores: one product in backward, where square() takes three.
+        half = (rows * rows.detach()).sum(2, keepdim=True)  # (B, T, 1, C)
+        frames = torch.cat([rows.sum(2, keepdim=True), 2 * half - half.detach()], dim=3)  # (B, T, 1, 2C)
         sums = torch.cat([(frames.double() * m).sum((0, 1, 2)), count[None]])  # (2C + 1,)
         if syncing:
             from torch.distributed._functional_collectives import all_reduce  # only where torch.distributed is

@@ -186,7 +186,7 @@ def test_batched_streams_finish_and_start_over_independently(data) -> None:
                     chunk[b, : counts[b]] = utterances[b][u][t : t + counts[b]]
             out, out_counts = stream.accept(chunk, torch.tensor(counts))
             done = torch.zeros(batch, dtype=torch.bool)
-            for b, (u, t) in enumerate(position):
+            for b, (u, _) in enumerate(position):
                 if u < len(utterances[b]):
                     got[b][u].append(out[b, : int(out_counts[b])])
                     position[b][1] += counts[b]
