@@ -24,6 +24,11 @@ Everything respects lengths: the ConvLSTM's backward direction starts at each
 utterance's last valid frame, the BiLSTMs run on packed sequences, batch norm uses
 valid frames only, and padded output frames are exactly zero, so an utterance encodes
 the same alone and in a batch (in eval mode).
+
+Export: the conv front exports (:func:`speechconv.encoder.export_program`); the rest
+does not trace with ``torch.export``, with static shapes or dynamic ones: the BiLSTMs
+run on packed sequences (``pack_padded_sequence``, whose sizes depend on the lengths'
+values) and the ConvLSTM is a Python loop over frames.
 """
 
 from __future__ import annotations

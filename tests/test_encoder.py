@@ -208,6 +208,11 @@ def _batch(lengths: torch.Tensor, num_frames: int, enc: ConvEncoder, seed: int) 
 @SETTINGS
 @given(encoders_and_batches())
 def test_eval_batch_equals_alone_and_lengths_exact(case) -> None:
+    """Each utterance alone and in a padded batch (garbage past its length): lengths
+    exact, zeros past them, values within 1e-5 (the issue's bound; measured at most
+    9.5e-7 on outputs up to 5.2 over 300 random stacks: the batch changes the conv
+    shapes, and oneDNN picks its kernels, so its summation order, by shape); and the
+    plain modules with explicit padding, alone, within 1e-4."""
     enc, layers, lengths, extra, seed = case
     _randomise_bn(enc, seed)
     enc.eval()
