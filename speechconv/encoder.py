@@ -6,12 +6,11 @@ into ``(B, ceil(T/4), 20, 32)``.
 
 Each layer (:class:`ConvLayer`) runs four steps on ``(B, C, T, F)``:
 
-1. pad: with TF SAME each utterance's frames are copied into a zero buffer at its own
-   offset (:func:`speechconv.masking.pad_per_utterance`: SAME's padding before depends
-   on the utterance's length); with fixed alignment (``valid``, ``causal``, an int) the
-   conv pads time itself, since every layer's input is zero past each length.  The conv
-   pads frequency itself too (zero taps on one side of the kernel make SAME's
-   asymmetric split out of the conv's symmetric padding);
+1. pad: with TF SAME along time each utterance's frames are copied into a zero buffer
+   at its own offset, frequency rows padded alike
+   (:func:`speechconv.masking.pad_per_utterance`: SAME's padding before depends on the
+   utterance's length); with fixed alignment (``valid``, ``causal``, an int) the conv
+   pads both axes itself, since every layer's input is zero past each length;
 2. conv (a bias only without batch norm: the norm's mean would cancel it);
 3. batch norm over valid frames only (:class:`speechconv.masking.MaskedBatchNorm`),
    which writes zeros past each output length;
@@ -79,13 +78,14 @@ class ConvLayer(nn.Module):
 
     Attributes ``conv`` (``nn.Conv2d``; :meth:`transform` pads for it) and ``norm``
     (:class:`speechconv.masking.MaskedBatchNorm` or None) hold every parameter; ``time``
-    is the time geometry (:class:`speechconv.shapes.AxisGeometry`); ``freq_pad`` the
-    conv's symmetric padding along frequency and ``kernel_pad`` the zero taps put in
-    front of and behind its kernel there, which turn it into the wanted zeros before and
-    after (SAME's ``(0, 1)`` rows at stride 2 is padding 1 and one tap in front: the
-    window of output ``j`` then starts at row ``2j``); ``time_pad`` the conv's padding
-    along time with fixed alignment (0 for SAME, which
-    :func:`speechconv.masking.pad_per_utterance` pads per utterance).
+    is the time geometry (:class:`speechconv.shapes.AxisGeometry`).  With SAME along
+    time, ``gather_freq`` holds the zero rows :func:`speechconv.masking.pad_per_utterance`
+    puts before and after along frequency; else (None) the conv pads itself:
+    ``time_pad`` and ``freq_pad`` zeros on both sides of each axis, and ``kernel_pad``
+    zero taps in front of and behind its kernel along frequency, which make an
+    asymmetric split out of the symmetric padding (``(0, 1)`` rows at stride 2 is
+    padding 1 and one tap in front: the window of output ``j`` then starts at row
+    ``2j``).
 
     Shapes:
         ``forward(x, lengths)``: ``(B, C, T, F)`` zero past ``lengths`` (what every layer
@@ -111,16 +111,18 @@ class ConvLayer(nn.Module):
         assert self.out_freq == (padded_freq - fg.kernel) // fg.stride + 1, (
             f"encoder {name}: frequency padding {freq_before}+{freq_after} disagrees with shapes.py"
         )
-        # The conv pads frequency itself (no padded copy of its input, and no output rows
-        # to cut, which in training would cost a zero fill and a copy in backward): zero
-        # taps in front of its kernel (more zeros after) or behind it (more before) make
-        # the wanted split out of its symmetric padding.  It pads time too when the
-        # padding has fixed alignment: the input is zero past each length, so the zeros
-        # behind an utterance are its own.
-        self.freq_pad = max(freq_before, freq_after)
-        self.kernel_pad = (self.freq_pad - freq_before, self.freq_pad - freq_after)
-        self.time_pad = 0 if self.time.padding == "same" else shapes.padding_amounts(
-            1, self.time.kernel, self.time.stride, self.time.padding)[0]
+        if self.time.padding == "same":  # pad_per_utterance lays out the zeros of both axes
+            self.gather_freq, self.time_pad, self.freq_pad, self.kernel_pad = (freq_before, freq_after), 0, 0, (0, 0)
+        else:
+            # Fixed alignment: the input is zero past each length, so the conv's own zeros
+            # behind an utterance are its own, and the conv pads both axes itself (no copy
+            # of its input).  Zero taps in front of its kernel (more zeros after) or behind
+            # it (more before) make an asymmetric split out of its symmetric padding
+            # (cutting output rows instead would cost a zero fill and a copy in backward).
+            self.gather_freq = None
+            self.time_pad = shapes.padding_amounts(1, self.time.kernel, self.time.stride, self.time.padding)[0]
+            self.freq_pad = max(freq_before, freq_after)
+            self.kernel_pad = (self.freq_pad - freq_before, self.freq_pad - freq_after)
         self.out_channels = lc.filters
         self.conv = nn.Conv2d(in_channels, lc.filters, (self.time.kernel, fg.kernel), (self.time.stride, fg.stride),
                               bias=not lc.batch_norm)
@@ -144,9 +146,10 @@ class ConvLayer(nn.Module):
         g = self.time
         out_time = shapes.conv_out_length(x.shape[2], g.kernel, g.stride, g.padding)
         out_lengths = self.output_lengths(lengths)
-        if g.padding == "same":  # each utterance at its own offset: (B, C, T, F) -> (B, C, span, F)
+        if self.gather_freq is not None:  # each utterance at its own offset: (B, C, T, F) -> (B, C, span, F_pad)
             pad_before = shapes.pad_before_tensor(lengths, g.kernel, g.stride, g.padding)
-            x = masking.pad_per_utterance(x, lengths, pad_before, shapes.conv_input_span(out_time, g.kernel, g.stride))
+            x = masking.pad_per_utterance(x, lengths, pad_before, shapes.conv_input_span(out_time, g.kernel, g.stride),
+                                          *self.gather_freq)
         return self.transform(x, shapes.make_pad_mask(out_lengths, out_time), self.time_pad), out_lengths
 
     def transform(self, x: torch.Tensor, mask: torch.Tensor, time_pad: int = 0) -> torch.Tensor:
@@ -154,7 +157,8 @@ class ConvLayer(nn.Module):
 
         Args:
             x: ``(B, C, T, F)``, already padded along time unless ``time_pad`` (then zero
-                past each length); the conv pads frequency.
+                past each length), and padded along frequency by ``freq_pad`` zeros of
+                the conv and its kernel's zero taps (none after a SAME layer's gather).
             mask: ``(B, T')`` bool, True on the output frames to keep.
             time_pad: zeros the conv puts on both sides along time.
 
@@ -166,7 +170,7 @@ class ConvLayer(nn.Module):
             x = x.squeeze(1).unsqueeze(1)
         weight = nn.functional.pad(conv.weight, self.kernel_pad) if any(self.kernel_pad) else conv.weight
         y = nn.functional.conv2d(x, weight, conv.bias, conv.stride, (time_pad, self.freq_pad))
-        if self.time.padding == "causal":  # the symmetric padding's outputs past the end
+        if self.time.padding == "causal":  # the symmetric padding's outputs past the end (offline)
             y = y[:, :, : mask.shape[1]]
         if self.norm is not None:
             return self.dropout(self.act(self.norm(y, mask)))  # zero past the lengths, and 0 -> 0 after
@@ -390,7 +394,7 @@ class ConvEncoder(nn.Module):
         ``(B, T, F, C)``, ``(B,)`` -> ``(B, max(T, min), F, C)``, ``(B,)``."""
         num_frames = features.shape[1]
         # Frames past the old lengths may hold anything: zero them before they count.
-        features = features * shapes.make_pad_mask(lengths, num_frames)[:, :, None, None].to(features.dtype)
+        features = torch.where(shapes.make_pad_mask(lengths, num_frames)[:, :, None, None], features, 0.0)
         if num_frames < self.min_input_frames:
             extra = self.min_input_frames - num_frames
             features = nn.functional.pad(features, (0, 0, 0, 0, 0, extra))  # (B, T, F, C) -> (B, T+e, F, C)
@@ -451,7 +455,7 @@ class ConvEncoder(nn.Module):
         """The plain path: each branch's layers in turn on the whole batch, then the fusion.
         ``(B, T, F, C)``, ``(B,)`` -> as :meth:`forward`."""
         # Zeros past each length, whatever the features hold there: what the layers read.
-        features = features * shapes.make_pad_mask(lengths, features.shape[1])[:, :, None, None].to(features.dtype)
+        features = torch.where(shapes.make_pad_mask(lengths, features.shape[1])[:, :, None, None], features, 0.0)
         x = features.permute(0, 3, 1, 2)  # (B, T, F, C) -> (B, C, T, F), channels_last strides
         outs: list[torch.Tensor] = []
         out_lengths = lengths

@@ -160,6 +160,8 @@ class BatchedEncoderStream:
                              f"got {counts.tolist()}")
         self.received += counts
         started = self.received > 0
+        # Zeros past each stream's count, whatever the chunk holds there (the caches read them as * 0).
+        frames = torch.where(shapes.make_pad_mask(counts, frames.shape[1])[:, :, None, None], frames, 0.0)
         x = masking.conv_layout(frames)  # (B, t, F, C) -> (B, C, t, F)
         for layer in self.layers:
             x, counts = layer.step(x, counts, started, final)

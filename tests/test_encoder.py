@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from encoder_helpers import randomise_batch_norms
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -18,18 +19,6 @@ from speechconv.encoder import ConvEncoder, fold_batch_norms
 from speechconv.encoder_config import EncoderConfig, LayerConfig
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def _randomise_bn(enc: nn.Module, seed: int = 0) -> None:
-    """Non-trivial running statistics and affine parameters, so eval is not identity BN."""
-    g = torch.Generator().manual_seed(seed)
-    for m in enc.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            with torch.no_grad():
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
 
 
 def _tf_same(length: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -128,7 +117,7 @@ def test_eval_matches_plain_modules_per_utterance(padding) -> None:
     torch.manual_seed(1)
     layers = [LayerConfig(padding=padding), LayerConfig(padding=padding, kernel=[5, 3], stride=[3, 2])]
     enc = ConvEncoder(EncoderConfig(layers=layers))
-    _randomise_bn(enc)
+    randomise_batch_norms(enc)
     enc.eval()
     lengths = torch.tensor([40, 37, 29, 30, 31, 11])
     x = torch.randn(len(lengths), 40, 80, 3)
@@ -198,11 +187,12 @@ def encoders_and_batches(draw):
 
 
 def _batch(lengths: torch.Tensor, num_frames: int, enc: ConvEncoder, seed: int) -> torch.Tensor:
-    """Random features with garbage (not zeros) past each length: it must be ignored."""
+    """Random features with garbage past each length (NaN, inf, 1e3 in turn): it must be ignored."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(len(lengths), num_frames, enc.input_freq, enc.input_channels, generator=g)
     pad = torch.arange(num_frames)[None, :] >= lengths[:, None]  # (B, T)
-    return torch.where(pad[:, :, None, None], torch.full_like(x, 1e3), x)
+    garbage = torch.tensor([float("nan"), float("inf"), 1e3]).repeat(num_frames)[:num_frames]  # (T,)
+    return torch.where(pad[:, :, None, None], garbage[None, :, None, None], x)
 
 
 @SETTINGS
@@ -214,7 +204,7 @@ def test_eval_batch_equals_alone_and_lengths_exact(case) -> None:
     shapes, and oneDNN picks its kernels, so its summation order, by shape); and the
     plain modules with explicit padding, alone, within 1e-4."""
     enc, layers, lengths, extra, seed = case
-    _randomise_bn(enc, seed)
+    randomise_batch_norms(enc, seed)
     enc.eval()
     x = _batch(lengths, int(lengths.max()) + extra, enc, seed)
     with torch.no_grad():
@@ -271,7 +261,7 @@ def test_too_short_error_names_index_length_and_minimum() -> None:
 def test_too_short_pad_gives_the_output_of_the_minimum() -> None:
     layers = [LayerConfig(padding="valid"), LayerConfig(padding="valid")]
     enc = ConvEncoder(EncoderConfig(layers=layers, too_short="pad"))
-    _randomise_bn(enc)
+    randomise_batch_norms(enc)
     enc.eval()
     x = torch.randn(3, 5, 80, 3)  # T = 5 < 7: the batch itself is too short
     out, out_len = enc(x, torch.tensor([5, 0, 3]))
@@ -358,7 +348,7 @@ def test_input_gradients_batch_equals_alone(padding) -> None:
     torch.manual_seed(8)
     layers = [LayerConfig(padding=padding), LayerConfig(padding=padding, activation="tanh", batch_norm=False)]
     enc = ConvEncoder(EncoderConfig(layers=layers))
-    _randomise_bn(enc)
+    randomise_batch_norms(enc)
     enc.eval()
     lengths = torch.tensor([19, 12, 8])
     x = torch.randn(3, 21, 80, 3, requires_grad=True)
@@ -416,7 +406,7 @@ def test_grouped_eval_equals_the_plain_path(case, budget) -> None:
     float rounding (other shapes, other oneDNN kernels), frames past each output length
     are exactly 0, and the lengths are exact."""
     enc, _, lengths, extra, seed = case
-    _randomise_bn(enc, seed)
+    randomise_batch_norms(enc, seed)
     enc.eval()
     x = _batch(lengths, int(lengths.max()) + extra, enc, seed)
     sizes = []
@@ -474,7 +464,7 @@ def test_folded_encoder_equals_the_eval_encoder(case) -> None:
     """fold_batch_norms: every batch norm folded into its conv, same outputs (up to
     float rounding of the folded weights) and lengths, zeros past each output length."""
     enc, _, lengths, extra, seed = case
-    _randomise_bn(enc, seed)
+    randomise_batch_norms(enc, seed)
     enc.eval()
     folded = fold_batch_norms(enc)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules())

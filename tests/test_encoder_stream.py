@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from encoder_helpers import randomise_batch_norms
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -40,17 +41,6 @@ def stream_layers(draw) -> LayerConfig:
     )
 
 
-def _randomise_bn(enc: nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in enc.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            with torch.no_grad():
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-
-
 @st.composite
 def encoders(draw, flatten: bool | None = None) -> ConvEncoder:
     layers = draw(st.lists(stream_layers(), min_size=1, max_size=4))
@@ -63,7 +53,7 @@ def encoders(draw, flatten: bool | None = None) -> ConvEncoder:
         assume(False)
     torch.manual_seed(draw(st.integers(0, 2**16)))
     enc.apply(lambda m: m.reset_parameters() if isinstance(m, nn.Conv2d) else None)
-    _randomise_bn(enc, draw(st.integers(0, 2**16)))
+    randomise_batch_norms(enc, draw(st.integers(0, 2**16)))
     return enc.eval()
 
 
@@ -181,7 +171,7 @@ def test_batched_streams_finish_and_start_over_independently(data) -> None:
             for b, (u, t) in enumerate(position):
                 if u < len(utterances[b]):
                     counts[b] = min(data.draw(st.integers(0, 5)), utterances[b][u].shape[0] - t)
-            chunk = torch.full((batch, max(counts), enc.input_freq, enc.input_channels), 1e3)  # garbage past counts
+            chunk = torch.full((batch, max(counts), enc.input_freq, enc.input_channels), float("nan"))  # past counts
             for b, (u, t) in enumerate(position):
                 if counts[b]:
                     chunk[b, : counts[b]] = utterances[b][u][t : t + counts[b]]
@@ -213,7 +203,7 @@ def test_the_streaming_preset_streams_the_default_shapes() -> None:
 
     cfg = validate(compose(["encoder=streaming"]), check_mode=False).encoder
     enc = ConvEncoder(cfg.conv_config()).eval()
-    _randomise_bn(enc, 0)
+    randomise_batch_norms(enc, 0)
     stream = enc.streaming()
     assert stream.look_ahead == 3
     features = torch.randn(101, 80, 3)

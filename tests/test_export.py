@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from torch import nn
+from encoder_helpers import randomise_batch_norms
 
 from speechconv.encoder import ConvEncoder, export_program
 from speechconv.encoder_config import EncoderConfig, LayerConfig
@@ -29,13 +29,7 @@ CASES = [(1, 1), (1, 2), (2, 5), (3, 77), (1, 333), (4, 64)]
 def _encoder(config: EncoderConfig | None, flatten: bool) -> ConvEncoder:
     torch.manual_seed(0)
     enc = ConvEncoder(config, flatten=flatten)
-    for m in enc.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            with torch.no_grad():
-                m.running_mean.normal_()
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_()
+    randomise_batch_norms(enc)
     return enc.eval()
 
 

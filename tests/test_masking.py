@@ -169,6 +169,7 @@ PAD_CASES = {
     "lengths": st.lists(st.integers(0, 8), min_size=1, max_size=4),
     "offsets": st.lists(st.integers(-3, 3), min_size=4, max_size=4),
     "span": st.integers(0, 12),
+    "freq": st.tuples(st.integers(0, 2), st.integers(0, 2)),
     "channels": st.sampled_from([1, 3]),
     "channels_last": st.booleans(),
 }
@@ -176,23 +177,23 @@ PAD_CASES = {
 
 @SETTINGS
 @given(**PAD_CASES)
-def test_pad_per_utterance_places_each_valid_frame(lengths, offsets, span, channels, channels_last) -> None:
-    """Against a buffer built frame by frame; garbage past each length is never read,
-    negative offsets drop frames from the front; the gradient reaches exactly the frames
-    placed."""
+def test_pad_per_utterance_places_each_valid_frame(lengths, offsets, span, freq, channels, channels_last) -> None:
+    """Against a buffer built frame by frame, with frequency rows of zeros; garbage
+    (finite) past each length stays out, negative offsets drop frames from the front; the
+    gradient reaches exactly the frames placed."""
     b_size, t = len(lengths), max(lengths) + 1
     x = torch.where(~_mask(lengths, t)[:, None, :, None], 1e3, torch.randn(b_size, channels, t, 5))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_(True)
     pb = torch.tensor(offsets[:b_size])
-    got = masking.pad_per_utterance(x, torch.tensor(lengths), pb, span)
-    want = torch.zeros(b_size, channels, span, 5)
+    got = masking.pad_per_utterance(x, torch.tensor(lengths), pb, span, *freq)
+    want = torch.zeros(b_size, channels, span, 5 + sum(freq))
     placed = torch.zeros(b_size, channels, t, 5)
     for b, n in enumerate(lengths):
         for i in range(n):
             if 0 <= int(pb[b]) + i < span:
-                want[b, :, int(pb[b]) + i] = x[b, :, i]
+                want[b, :, int(pb[b]) + i, freq[0] : freq[0] + 5] = x[b, :, i]
                 placed[b, :, i] = 1
     assert torch.equal(got, want)
     if channels > 1 and got.numel() > 0:
@@ -205,7 +206,7 @@ def test_pad_per_utterance_gradcheck() -> None:
     x = torch.randn(3, 2, 6, 4, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     x.requires_grad_(True)
     lengths, offsets = torch.tensor([6, 3, 0]), torch.tensor([1, -1, 2])
-    assert torch.autograd.gradcheck(lambda v: masking.pad_per_utterance(v, lengths, offsets, 7), (x,))
+    assert torch.autograd.gradcheck(lambda v: masking.pad_per_utterance(v, lengths, offsets, 7, 1, 2), (x,))
 
 
 @pytest.mark.parametrize("channels", [1, 3])
