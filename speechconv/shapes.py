@@ -37,7 +37,7 @@ stride ``s`` and dilation 1 (the encoder never dilates):
 
 ``valid``, ``int p`` and ``causal`` put the same padding before every utterance (fixed
 alignment): the first output frame sits where the first input frame does, whatever
-the length, which is what a stream needs (:class:`speechconv.encoder.EncoderStream`).
+the length, which is what a stream needs (:mod:`speechconv.encoder_stream`).
 ``same`` does not.
 
 Empty input gives empty output in every mode (padding alone makes no frames).
