@@ -114,6 +114,34 @@ SNIPPETS: dict[str, tuple[str, str]] = {
         print(sc.describe(encoder=valid, samples=1360).to_text().splitlines()[-1])
         """
     ),
+    "streaming": _code(
+        """
+        import torch
+        import speechconv as sc
+
+        # configs/encoder/streaming.yaml: the default front with one zero frame on each side
+        streaming = sc.EncoderConfig(layers=[sc.LayerConfig(padding=1), sc.LayerConfig(padding=1)])
+        print("\\n".join(sc.describe(encoder=streaming, seconds=1.0).to_text().splitlines()[-3:-1]))
+        features, length = sc.LogMelDeltas()(sc.load_audio("data/fixtures/yes_1000ms.wav"))  # (T, F, C)
+        encoder = sc.ConvEncoder(streaming).eval()
+        stream = encoder.streaming()
+        with torch.no_grad():
+            offline, _ = encoder(features[None], length[None])  # (1, T', F', C')
+            pieces = []
+            for start in range(0, int(length), 10):  # 10 frames (100 ms) of features at a time
+                pieces.append(stream.accept(features[start : start + 10]))
+                given = sum(len(p) for p in pieces)
+                print(f"frames in {min(start + 10, int(length)):2d}: out {given:2d}, held back {stream.held_back()}")
+            pieces.append(stream.finish())
+        streamed = torch.cat(pieces)  # (T', F', C')
+        print("streamed", tuple(streamed.shape), "offline", tuple(offline[0].shape),
+              "largest difference", f"{(streamed - offline[0]).abs().max().item():.1e}")
+        try:
+            sc.ConvEncoder().eval().streaming()
+        except ValueError as err:
+            print("ValueError:", str(err)[:118], "...")
+        """
+    ),
     # --------------------------------------------------------------- questions.md
     "q-multichannel": _code(
         """

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from speechconv import shapes
-from speechconv.encoder_config import EncoderConfig, LayerConfig, freq_geometries, time_geometries
+from speechconv.encoder_config import EncoderConfig, LayerConfig, Weiss2017Config, freq_geometries, time_geometries
 from speechconv.feature_config import FeatureConfig
 
 MODES = ("shapes", "train", "eval", "transcribe")
@@ -69,55 +69,25 @@ def _check_float(key: str, value: Any, low: float, high: float, high_open: bool 
 
 
 @dataclass
-class Weiss2017Sizes:
-    """Sizes of the paper's encoder past the conv front (used when ``encoder.type=weiss2017``).
-
-    Attributes:
-        convlstm_filters: channels of the bidirectional conv LSTM's state (per direction).
-        convlstm_kernel: its kernel along frequency (1 x 3 in the paper).
-        lstm_layers: bidirectional LSTM layers after it (3 in the paper).
-        lstm_units: units per direction (256 in the paper).
-        projection: the linear projection after each LSTM layer, also the output ``D`` (512).
-        project_last: also project after the last LSTM layer (else ``D = 2 * lstm_units``).
-        dropout: dropout on the input of each LSTM layer.
-    """
-
-    convlstm_filters: int = 32
-    convlstm_kernel: int = 3
-    lstm_layers: int = 3
-    lstm_units: int = 256
-    projection: int = 512
-    project_last: bool = True
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        for key in ("convlstm_filters", "convlstm_kernel", "lstm_layers", "lstm_units", "projection"):
-            _check_int(f"encoder.weiss2017.{key}", getattr(self, key), 1)
-        if self.convlstm_kernel % 2 == 0:
-            raise _bad("encoder.weiss2017.convlstm_kernel", self.convlstm_kernel,
-                       "an odd int (1, 3, 5...)", "an odd kernel pads both sides equally and keeps F'")
-        _check_float("encoder.weiss2017.dropout", self.dropout, 0.0, 1.0, high_open=True)
-
-
-@dataclass
 class EncoderSettings(EncoderConfig):
     """:class:`EncoderConfig` (the conv stack) plus which encoder to build around it.
 
     Attributes:
         type: ``conv`` (the conv stack alone) or ``weiss2017`` (conv stack as the front
             of :class:`speechconv.Weiss2017Encoder`, sized by ``weiss2017``).
-        weiss2017: the sizes past the conv front; ignored for ``type=conv``.
+        weiss2017: the sizes past the conv front (:class:`speechconv.Weiss2017Config`);
+            ignored for ``type=conv``.
     """
 
     type: str = "conv"
-    weiss2017: Weiss2017Sizes = field(default_factory=Weiss2017Sizes)
+    weiss2017: Weiss2017Config = field(default_factory=Weiss2017Config)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.type not in ENCODER_TYPES:
             raise _bad("encoder.type", self.type, f"one of {ENCODER_TYPES}")
-        if not isinstance(self.weiss2017, Weiss2017Sizes):
-            self.weiss2017 = Weiss2017Sizes(**self.weiss2017)
+        if not isinstance(self.weiss2017, Weiss2017Config):
+            self.weiss2017 = Weiss2017Config(**self.weiss2017)
         if self.type == "weiss2017" and self.branch is not None:
             raise _bad("encoder.branch", "<set>", "null with encoder.type=weiss2017",
                        "the paper's encoder has one conv branch; use encoder.type=conv for fused branches")
@@ -382,7 +352,7 @@ def check_geometry(features: FeatureConfig, encoder: EncoderConfig) -> None:
         widths.append(rows * layers[-1].filters)
     if len(widths) == 2:
         sub = [shapes.subsampling(time_geometries(b)) for b in encoder.branches()]
-        if widths[0] != widths[1] or sub[0] != sub[1]:
+        if (widths[0] != widths[1] and encoder.fusion != "concat") or sub[0] != sub[1]:
             raise _bad("encoder.branch", f"D={widths[1]}, subsampling {sub[1]}",
                        f"the main branch's D={widths[0]} and subsampling {sub[0]}",
                        "both branches must give the same (T', D) to be fused")

@@ -4,40 +4,31 @@ The default is the front of Weiss et al. 2017: two conv layers of 32 filters, 3x
 stride 2x2, TF SAME padding, batch norm and ReLU, turning ``(B, T, 80, 3)`` features
 into ``(B, ceil(T/4), 20, 32)``.
 
-Exactness on padded batches (every utterance gives the same frames alone and in any
-batch, up to float rounding) comes from :mod:`speechconv.masking`:
+Each layer (:class:`ConvLayer`) runs four steps on ``(B, C, T, F)``:
 
-* before every conv, each utterance's valid frames are copied into a zero buffer at
-  its own SAME offset (padding before depends on ``L mod stride``), so no conv reads a
-  padding frame and the conv itself runs with no time padding;
-* batch norm in training takes its statistics over valid frames only (per-utterance
-  reductions over each utterance's valid rows, no gather; a hand-written backward,
-  with the ReLU fused in: :meth:`speechconv.masking.MaskedBatchNorm2d.forward_lengths`);
-* every layer's output is zero past each utterance's output length (what forward
-  hooks, e.g. the shape inspector's, see), and so is the encoder's.
+1. pad: with TF SAME along time each utterance's frames are copied into a zero buffer
+   at its own offset, frequency rows padded alike
+   (:func:`speechconv.masking.pad_per_utterance`: SAME's padding before depends on the
+   utterance's length); with fixed alignment (``valid``, ``causal``, an int) the conv
+   pads both axes itself, since every layer's input is zero past each length;
+2. conv (a bias only without batch norm: the norm's mean would cancel it);
+3. batch norm over valid frames only (:class:`speechconv.masking.MaskedBatchNorm`),
+   which writes zeros past each output length;
+4. activation and dropout, which map those zeros to zeros (without a norm the output
+   is multiplied by the length mask instead).
 
-Chained eval (eager, no autograd, batch norms on running statistics): each conv's
-output is the next conv's padded input as it stands, and the batch runs in groups of
-a few utterances whose buffers stay in cache (:meth:`ConvBranch._forward_chained`).
+So every layer's output, and the encoder's, is exactly zero past each utterance's
+output length, and an utterance gives the same frames alone and in any batch (up to
+float rounding: the batch changes the shapes oneDNN picks its kernels by).  The
+output length of the batch ``T'`` is the length formula of :mod:`speechconv.shapes`
+applied to the padded ``T``, so the output shape depends on the input shape only.
 
-Placed outputs (eager mode): a layer followed by another writes its output straight
-into the next conv's zero-padded input, each utterance at that conv's offset, instead
-of returning it for the next layer to copy there (the training norm does it inside its
-autograd Function, eval layers outside autograd; :class:`ConvBranch`).  Same values bit
-for bit, one batch-sized tensor and two passes fewer per conv after the first: this is
-what makes the masked encoder's training step as fast as a plain channels_last
-``nn.Sequential`` (``bench/encoder.py``).  Layers with hooks (forward or backward, so
-that the hooks see what they expect), activations other than ReLU or active dropout,
-and TorchScript, run layer by layer.
+The steps are plain PyTorch ops with no Python control flow on tensor values: the
+same forward trains, evaluates, hooks (the shape inspector), exports
+(``torch.export``, ONNX; :func:`fold_batch_norms` gives the eval form with each norm
+folded into its conv) and streams (:meth:`ConvEncoder.streaming`, which calls each
+layer's :meth:`ConvLayer.transform` on the frames it holds).
 
-Conv bias: a layer's conv has a bias only when the layer has no batch norm (the norm
-subtracts the mean, which would cancel the bias).
-
-Output length ``T'`` of the batch is the length formula applied to the padded ``T``
-of the input (so the output shape depends on the input shape only); the lengths
-follow :func:`speechconv.shapes.stack_out_length_tensor`.
-
-In eval mode each batch norm is folded into its conv (same function, one pass less).
 The convs run on channels_last tensors: ``(B, T, F, C)`` features permuted to
 ``(B, C, T, F)`` already have channels_last strides, and the output permuted back to
 ``(B, T', F', C')`` is contiguous again, so neither permute copies.
@@ -45,12 +36,15 @@ The convs run on channels_last tensors: ``(B, T, F, C)`` features permuted to
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
 from speechconv import masking, shapes
 from speechconv.encoder_config import EncoderConfig, LayerConfig, freq_geometries, time_geometries
-from speechconv.layers import GatedMix, LearnedMix
+from speechconv.encoder_stream import BatchedEncoderStream, EncoderStream
+from speechconv.layers import Concat, GatedMix, LearnedMix, Sum
 
 
 def _activation(name: str) -> nn.Module:
@@ -66,20 +60,11 @@ def _activation(name: str) -> nn.Module:
     return nn.Identity()
 
 
-def _split_padding(padding: shapes.Padding) -> tuple[bool, int]:
-    """``"same"`` / ``"valid"`` / int -> ``(same, zeros per side)`` for the TorchScript forms."""
-    if padding == "same":
-        return True, 0
-    if padding == "valid":
-        return False, 0
-    return False, int(padding)
-
-
 def _time_formula(layers: list[LayerConfig]) -> str:
     """The output-length formula of a stack along time, e.g. ``ceil(ceil(T/2)/2)``."""
     expr = "T"
     for g in time_geometries(layers):
-        if g.padding == "same":
+        if g.padding in ("same", "causal"):
             expr = f"ceil({expr}/{g.stride})"
         else:
             pad = 0 if g.padding == "valid" else 2 * int(g.padding)
@@ -88,355 +73,153 @@ def _time_formula(layers: list[LayerConfig]) -> str:
     return expr
 
 
-class MaskedConv2dLayer(nn.Module):
-    """One encoder layer: per-utterance padding, conv, (masked) batch norm, activation,
-    dropout.
+class ConvLayer(nn.Module):
+    """One encoder layer: per-utterance padding, conv, masked batch norm, activation, dropout.
 
-    Attributes ``conv`` (``nn.Conv2d`` with no padding of its own; bias only without batch
-    norm) and ``norm`` (:class:`speechconv.masking.MaskedBatchNorm2d` or None) carry all
-    parameters.
+    Attributes ``conv`` (``nn.Conv2d``; :meth:`transform` pads for it) and ``norm``
+    (:class:`speechconv.masking.MaskedBatchNorm` or None) hold every parameter; ``time``
+    is the time geometry (:class:`speechconv.shapes.AxisGeometry`).  With SAME along
+    time, ``gather_freq`` holds the zero rows :func:`speechconv.masking.pad_per_utterance`
+    puts before and after along frequency; else (None) the conv pads itself:
+    ``time_pad`` and ``freq_pad`` zeros on both sides of each axis, and ``kernel_pad``
+    zero taps in front of and behind its kernel along frequency, which make an
+    asymmetric split out of the symmetric padding (``(0, 1)`` rows at stride 2 is
+    padding 1 and one tap in front: the window of output ``j`` then starts at row
+    ``2j``).
 
     Shapes:
-        ``forward(x, lengths)``: ``(B, C, T, F)`` and ``(B,)`` ->
-        ``(B, C', T', F')`` (channels_last strides) and ``(B,)`` output lengths.  Frames
-        past the output lengths are exactly zero; frames of ``x`` past ``lengths`` are
-        never read, whatever they hold.
-
-    In training, batch norm takes its statistics over the valid frames only and writes
-    zeros on padding (a ReLU is fused into it; other activations and dropout keep zeros
-    zero); in eval the norm is folded into the conv and padding is zeroed after the
-    activation.
+        ``forward(x, lengths)``: ``(B, C, T, F)`` zero past ``lengths`` (what every layer
+        gives, and what the encoder makes of its features) and ``(B,)`` ->
+        ``(B, C', T', F')`` (channels_last strides), zero past each output length, and
+        ``(B,)`` output lengths.
     """
 
-    def __init__(self, lc: LayerConfig, in_channels: int, in_freq: int, index: str) -> None:
+    def __init__(self, lc: LayerConfig, in_channels: int, in_freq: int, name: str) -> None:
         super().__init__()
-        tg, fg = lc.time_geometry(), lc.freq_geometry(in_freq)
-        self.time_kernel, self.time_stride = tg.kernel, tg.stride
-        self.time_same, self.time_pad = _split_padding(tg.padding)
-        if fg.padding == "same":
-            self.freq_before, self.freq_after = shapes.same_padding(in_freq, fg.kernel, fg.stride)
-        else:
-            pad = 0 if fg.padding == "valid" else int(fg.padding)
-            self.freq_before, self.freq_after = pad, pad
-        padded_freq = in_freq + self.freq_before + self.freq_after
+        self.time = lc.time_geometry()
+        fg = lc.freq_geometry(in_freq)
+        freq_before, freq_after = shapes.padding_amounts(in_freq, fg.kernel, fg.stride, fg.padding)
+        padded_freq = in_freq + freq_before + freq_after
         if fg.kernel > padded_freq:
             raise ValueError(
-                f"encoder {index}: frequency kernel {fg.kernel} is larger than the {padded_freq} rows it sees "
+                f"encoder {name}: frequency kernel {fg.kernel} is larger than the {padded_freq} rows it sees "
                 f"({in_freq} input rows + padding {fg.padding!r}); use a smaller kernel, 'same' padding or fewer "
                 f"subsampling layers before it"
             )
         self.in_freq = in_freq
         self.out_freq = shapes.conv_out_length(in_freq, fg.kernel, fg.stride, fg.padding)
         assert self.out_freq == (padded_freq - fg.kernel) // fg.stride + 1, (
-            f"encoder {index}: frequency padding {self.freq_before}+{self.freq_after} disagrees with shapes.py"
+            f"encoder {name}: frequency padding {freq_before}+{freq_after} disagrees with shapes.py"
         )
-        self.out_channels = lc.filters
-        self.conv = nn.Conv2d(
-            in_channels, lc.filters, (tg.kernel, fg.kernel), (tg.stride, fg.stride), padding=0,
-            bias=not lc.batch_norm,
-        )
-        self.norm = masking.MaskedBatchNorm2d(lc.filters) if lc.batch_norm else None
-        self.act = _activation(lc.activation)
-        self.activation = lc.activation
-        self.fuse_relu = lc.activation == "relu"
-        self.dropout = nn.Dropout(lc.dropout) if lc.dropout > 0 else nn.Identity()
-
-    def geometry(self, num_frames: int, lengths: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor, int]:
-        """Time geometry of this layer for ``num_frames`` padded input frames and ``(B,)``
-        ``lengths``: ``(T', out_lengths (B,), pad_before (B,), span)``, ``span`` the frames
-        of the zero-padded conv input (:func:`speechconv.masking.pad_per_utterance`)."""
-        k, s = self.time_kernel, self.time_stride
-        out_time = shapes.conv_out_length_int(num_frames, k, s, self.time_same, self.time_pad)
-        assert out_time > 0, f"a batch of {num_frames} frames gives no output; the encoder checks the minimum"
-        out_lengths = shapes.conv_out_length_script(lengths, k, s, self.time_same, self.time_pad)
-        if self.time_same:
-            pad_before = shapes.same_pad_before_tensor(lengths, k, s)
+        if self.time.padding == "same":  # pad_per_utterance lays out the zeros of both axes
+            self.gather_freq, self.time_pad, self.freq_pad, self.kernel_pad = (freq_before, freq_after), 0, 0, (0, 0)
         else:
-            pad_before = torch.full_like(lengths, self.time_pad)
-        return out_time, out_lengths, pad_before, shapes.conv_input_span(out_time, k, s)
+            # Fixed alignment: the input is zero past each length, so the conv's own zeros
+            # behind an utterance are its own, and the conv pads both axes itself (no copy
+            # of its input).  Zero taps in front of its kernel (more zeros after) or behind
+            # it (more before) make an asymmetric split out of its symmetric padding
+            # (cutting output rows instead would cost a zero fill and a copy in backward).
+            self.gather_freq = None
+            self.time_pad = shapes.padding_amounts(1, self.time.kernel, self.time.stride, self.time.padding)[0]
+            self.freq_pad = max(freq_before, freq_after)
+            self.kernel_pad = (self.freq_pad - freq_before, self.freq_pad - freq_after)
+        self.out_channels = lc.filters
+        self.conv = nn.Conv2d(in_channels, lc.filters, (self.time.kernel, fg.kernel), (self.time.stride, fg.stride),
+                              bias=not lc.batch_norm)
+        self.norm = masking.MaskedBatchNorm(lc.filters) if lc.batch_norm else None
+        self.act = _activation(lc.activation)
+        self.dropout = nn.Dropout(lc.dropout) if lc.dropout > 0 else nn.Identity()
+        self.folded = False
 
-    def pad_input(
-        self, x: torch.Tensor, lengths: torch.Tensor
-    ) -> tuple[torch.Tensor, tuple[int, torch.Tensor, torch.Tensor, int]]:
-        """``x`` ``(B, C, T, F)`` copied into this conv's zero-padded input
-        ``(B, C, span, F_pad)`` (:func:`speechconv.masking.pad_per_utterance`), and the
-        :meth:`geometry` it was placed by."""
-        geometry = self.geometry(x.shape[2], lengths)
-        _, _, pad_before, span = geometry
-        return masking.pad_per_utterance(x, lengths, pad_before, span, self.freq_before, self.freq_after), geometry
+    def extra_repr(self) -> str:
+        g = self.time
+        return f"time: kernel {g.kernel}, stride {g.stride}, padding {g.padding!r}; " \
+               f"frequency rows {self.in_freq} -> {self.out_freq}"
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` input lengths -> ``(B,)`` int64 output lengths (:mod:`speechconv.shapes`)."""
+        g = self.time
+        return shapes.conv_out_length_tensor(lengths, g.kernel, g.stride, g.padding)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` ``(B, C, T, F)``, ``lengths`` ``(B,)`` -> ``(B, C', T', F')``, ``(B,)``."""
-        x, geometry = self.pad_input(x, lengths)
-        out_lengths = geometry[1]
-        return self.forward_padded(x, out_lengths, None), out_lengths
+        """``x`` ``(B, C, T, F)``, zero past ``lengths`` ``(B,)`` -> ``(B, C', T', F')``, ``(B,)``."""
+        g = self.time
+        out_time = shapes.conv_out_length(x.shape[2], g.kernel, g.stride, g.padding)
+        out_lengths = self.output_lengths(lengths)
+        if self.gather_freq is not None:  # each utterance at its own offset: (B, C, T, F) -> (B, C, span, F_pad)
+            pad_before = shapes.pad_before_tensor(lengths, g.kernel, g.stride, g.padding)
+            x = masking.pad_per_utterance(x, lengths, pad_before, shapes.conv_input_span(out_time, g.kernel, g.stride),
+                                          *self.gather_freq)
+        return self.transform(x, shapes.make_pad_mask(out_lengths, out_time), self.time_pad), out_lengths
 
-    def forward_padded(
-        self, x: torch.Tensor, out_lengths: torch.Tensor, place: masking.Placement | None
-    ) -> torch.Tensor:
-        """Conv, norm, activation and dropout of an input already zero-padded for the conv.
+    def transform(self, x: torch.Tensor, mask: torch.Tensor, time_pad: int = 0) -> torch.Tensor:
+        """Conv, norm, activation and dropout.
 
         Args:
-            x: ``(B, C, span, F_pad)`` from :func:`speechconv.masking.pad_per_utterance`
-                (or written there by the layer before, see :class:`ConvBranch`).
-            out_lengths: ``(B,)`` output lengths (:meth:`geometry`).
-            place: None, or where the next conv wants this output
-                (:data:`speechconv.masking.Placement`; only when :meth:`can_place_output`).
+            x: ``(B, C, T, F)``, already padded along time unless ``time_pad`` (then zero
+                past each length), and padded along frequency by ``freq_pad`` zeros of
+                the conv and its kernel's zero taps (none after a SAME layer's gather).
+            mask: ``(B, T')`` bool, True on the output frames to keep.
+            time_pad: zeros the conv puts on both sides along time.
 
         Returns:
-            ``(B, C', T', F')`` zero past ``out_lengths``, or with ``place`` the next conv's
-            padded input ``(B, C', span', F_pad')``; channels_last strides.
+            ``(B, C', T', F')``, zero where ``mask`` is False.
         """
-        norm = self.norm
-        if self.batch_statistics():
-            assert norm is not None
-            y = self.conv(x)
-            lens = torch.jit.annotate(list[int], out_lengths.tolist())
-            # Statistics over valid frames by per-utterance reductions, output zero on
-            # padding, the ReLU fused in; activation and dropout map zeros to zeros, so
-            # padding stays zero.
-            y = norm.forward_lengths(y, lens, self.fuse_relu, place)
-            if not self.fuse_relu:
-                y = self.act(y)
-            return self.dropout(y)
-        y = self.conv_folded(x)
-        if place is not None:
-            return masking.place_frames(y, torch.jit.annotate(list[int], out_lengths.tolist()), place, self.fuse_relu)
-        y = self.dropout(self.act(y))
-        if torch.is_grad_enabled() and y.requires_grad:
-            y = masking.zero_padding(y, out_lengths)
-        else:
-            y = masking.zero_padding_(y, out_lengths)
-        return y
+        conv = self.conv
+        if x.shape[1] == 1:  # one channel: the strides of a contiguous (B, 1, T, F) (oneDNN bug, masking.conv_layout)
+            x = x.squeeze(1).unsqueeze(1)
+        weight = nn.functional.pad(conv.weight, self.kernel_pad) if any(self.kernel_pad) else conv.weight
+        y = nn.functional.conv2d(x, weight, conv.bias, conv.stride, (time_pad, self.freq_pad))
+        if self.time.padding == "causal":  # the symmetric padding's outputs past the end (offline)
+            y = y[:, :, : mask.shape[1]]
+        if self.norm is not None:
+            return self.dropout(self.act(self.norm(y, mask)))  # zero past the lengths, and 0 -> 0 after
+        return self.dropout(self.act(y)) * mask[:, None, :, None].to(y.dtype)  # (B, T') -> (B, 1, T', 1)
 
-    def batch_statistics(self) -> bool:
-        """Whether the batch norm normalises by the batch's own statistics (training, or
-        no running statistics kept), rather than being folded into the conv."""
-        norm = self.norm
-        return norm is not None and (self.training or not norm.track_running_stats)
-
-    @torch.jit.unused
-    def dropping(self) -> bool:
-        """Whether the dropout is active, by its own flag (Monte Carlo dropout runs it in
-        an eval-mode layer)."""
-        return self.dropout.training and not isinstance(self.dropout, nn.Identity)
-
-    def conv_folded(self, x: torch.Tensor) -> torch.Tensor:
-        """The conv with the batch norm, if any, folded in (eval, running statistics):
-        ``(B, C, span, F_pad)`` -> ``(B, C', T', F')``."""
-        norm = self.norm
-        if norm is not None:
-            weight, bias = norm.fold(self.conv.weight, self.conv.bias)
-            return nn.functional.conv2d(x, weight, bias, self.conv.stride)
-        return self.conv(x)
-
-    @torch.jit.unused
-    def is_fixed_map(self) -> bool:
-        """Whether the layer maps each input to one output whatever else is in the batch:
-        its batch norm (if any) uses running statistics and its dropout is inactive.  Such
-        layers can be chained (:meth:`ConvBranch._forward_chained`)."""
-        return not self.batch_statistics() and not self.dropping()
-
-    @torch.jit.unused
-    def can_place_output(self) -> bool:
-        """Whether :meth:`forward_padded` can write its output straight into the next
-        conv's padded input: after the conv only ReLU (or nothing) and no active dropout,
-        and either the training norm's autograd Function does the writing or no autograd
-        is recording (eval: per-utterance slice writes)."""
-        if self.activation not in ("relu", "none") or self.dropping():
-            return False
-        return self.batch_statistics() or not torch.is_grad_enabled()
-
-
-def _hooked(module: nn.Module) -> bool:
-    """Whether calling ``module`` runs hooks (forward or backward, on it or on one of its
-    submodules, e.g. ``layer.act``, or global ones) that would see an input, an output or
-    their gradients."""
-    g = nn.modules.module
-    if g._global_forward_hooks or g._global_forward_pre_hooks or g._global_backward_hooks \
-            or g._global_backward_pre_hooks:
-        return True
-    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-               for m in module.modules())
+    def train(self, mode: bool = True) -> ConvLayer:
+        if mode and self.folded:
+            raise ValueError("this encoder layer has its batch norm folded into its conv (fold_batch_norms): it is "
+                             "for inference and export only; train the encoder it was folded from")
+        return super().train(mode)
 
 
 class ConvBranch(nn.Module):
-    """A stack of :class:`MaskedConv2dLayer` (one branch of the encoder).
-
-    Three forwards: chained (eager, no autograd, every layer a fixed map:
-    :meth:`_forward_chained`), placed (eager: :meth:`_forward_placed`) and layer by layer
-    (hooks, TorchScript).  Placed and layer by layer give the same values bit for bit;
-    chained runs its convs on other shapes, and agrees with them to float32 rounding.
+    """A stack of :class:`ConvLayer` (one branch of the encoder), called in turn.
 
     Shapes:
         ``forward(x, lengths)``: ``(B, C, T, F)``, ``(B,)`` -> ``(B, C', T', F')`` zero
         past each output length, and ``(B,)`` output lengths.
     """
 
-    __jit_ignored_attributes__ = ["freq_sizes", "freq_offsets"]
-
     def __init__(self, layers: list[LayerConfig], in_channels: int, in_freq: int, name: str) -> None:
         super().__init__()
         mods = []
         for i, lc in enumerate(layers):
-            mod = MaskedConv2dLayer(lc, in_channels, in_freq, f"{name}.{i}")
-            mods.append(mod)
-            in_channels, in_freq = mod.out_channels, mod.out_freq
+            mods.append(ConvLayer(lc, in_channels, in_freq, f"{name}.{i}"))
+            in_channels, in_freq = mods[-1].out_channels, mods[-1].out_freq
         self.layers = nn.ModuleList(mods)
         self.out_channels, self.out_freq = in_channels, in_freq
-        self.freq_sizes, self.freq_offsets = self._chain_frequency(mods)
-
-    @staticmethod
-    def _chain_frequency(mods: list[MaskedConv2dLayer]) -> tuple[list[int], list[int]]:
-        """Each conv's chained buffer rows and data offset along frequency
-        (:func:`speechconv.shapes.chained_sizes`, :func:`speechconv.shapes.chained_offsets`);
-        empty lists when the first conv's input would have no data row (paddings wider
-        than the kernels), where the chained path is not used."""
-        last = mods[-1]
-        last_span = last.freq_before + last.in_freq + last.freq_after
-        strides = [m.conv.stride[1] for m in mods]
-        sizes = shapes.chained_sizes([m.conv.kernel_size[1] for m in mods], strides, last_span)
-        offsets = shapes.chained_offsets(strides, [m.freq_before for m in mods])
-        if sizes[0] - offsets[0] < 1:
-            return [], []
-        return sizes, offsets
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, C, T, F)``, ``(B,)`` -> ``(B, C', T', F')``, ``(B,)``."""
-        if not torch.jit.is_scripting():
-            if x.shape[0] > 0 and self._can_chain():
-                return self._forward_chained(x, lengths)
-            return self._forward_placed(x, lengths)
         for layer in self.layers:
             x, lengths = layer(x, lengths)
         return x, lengths
 
-    @torch.jit.unused
-    def _forward_placed(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eager forward: each layer that can (:meth:`MaskedConv2dLayer.can_place_output`)
-        writes its output straight into the next conv's zero-padded input, instead of
-        returning it for the next layer to copy there.  Same values as calling the layers
-        in turn, bit for bit; one batch-sized tensor and two passes fewer per conv after
-        the first.  A layer with hooks (forward or backward, its own or global, e.g. the
-        shape inspector's) is called as a module, so the hooks see its usual input and
-        output.
 
-        ``(B, C, T, F)``, ``(B,)`` -> ``(B, C', T', F')``, ``(B,)``."""
-        layers = list(self.layers)
-        ready: tuple[int, torch.Tensor, torch.Tensor, int] | None = None  # x is layers[i]'s padded input
-        for i, layer in enumerate(layers):
-            if ready is None:
-                if _hooked(layer):
-                    x, lengths = layer(x, lengths)
-                    continue
-                x, geometry = layer.pad_input(x, lengths)
-            else:
-                geometry = ready
-            out_time, out_lengths = geometry[0], geometry[1]
-            nxt = layers[i + 1] if i + 1 < len(layers) else None
-            ready, place = None, None
-            if nxt is not None and not _hooked(nxt) and layer.can_place_output():
-                ready = nxt.geometry(out_time, out_lengths)
-                place = (ready[2].tolist(), ready[3], nxt.freq_before, nxt.freq_after)
-            x = layer.forward_padded(x, out_lengths, place)
-            lengths = out_lengths
-        return x, lengths
+FUSION_MODULES = {"mix": LearnedMix, "gated": GatedMix, "concat": Concat, "sum": Sum}
 
-    @torch.jit.unused
-    def _can_chain(self) -> bool:
-        """Whether :meth:`_forward_chained` applies: no autograd recording, every layer a
-        fixed map (:meth:`MaskedConv2dLayer.is_fixed_map`) without hooks, and a frequency
-        chain (:meth:`_chain_frequency`)."""
-        return (not torch.is_grad_enabled() and bool(self.freq_sizes)
-                and all(layer.is_fixed_map() and not _hooked(layer) for layer in self.layers))
-
-    @torch.jit.unused
-    def _forward_chained(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eval forward with no copy between convs, in groups of consecutive utterances.
-
-        Each conv's output, after the activation, *is* the next conv's padded input: the
-        first conv's input buffer is made big enough, and each utterance placed far enough
-        in, that every later buffer comes out of the conv before it with the data where
-        the layer-by-layer path would copy it (:func:`speechconv.shapes.chained_sizes`,
-        :func:`speechconv.shapes.chained_offsets`); all that is left between convs is to
-        zero what valid outputs read outside the data (:func:`speechconv.masking.zero_margins_`).  The
-        values of the layers called in turn, up to float32 rounding: oneDNN chooses its
-        kernels, and so its summation order, by the shapes it is given, and these differ
-        (tests/test_encoder.py; over 17,182 random configs, float32 within 1.3e-6 of outputs
-        up to 2.1, float64 within 2.1e-15).
-
-        Groups: the utterances run :data:`CHAIN_GROUP_ELEMENTS` conv-output elements at a
-        time, each group cut to its own longest utterance, and are copied into the
-        output.  A group's buffers then come back from the allocator's free lists and
-        mostly stay in cache, where whole-batch buffers of tens of MB are fresh pages on
-        every call (``bench/encoder.py``: eval 2-6x plain ``nn.Sequential``).
-
-        ``(B, C, T, F)``, ``(B,)`` -> ``(B, C', T', F')``, ``(B,)``."""
-        layers = list(self.layers)
-        b_size, t_size = x.shape[0], x.shape[2]
-        per_utterance, out_time = 0, t_size
-        for layer, out_rows in zip(layers, self.freq_sizes[1:] + [self.out_freq], strict=True):
-            out_time = shapes.conv_out_length_int(out_time, layer.time_kernel, layer.time_stride, layer.time_same,
-                                                  layer.time_pad)
-            per_utterance = max(per_utterance, layer.out_channels * out_time * out_rows)
-        group = max(1, CHAIN_GROUP_ELEMENTS // max(per_utterance, 1))
-        if group >= b_size and int(lengths.max()) == t_size:
-            return self._chain_group(x, lengths)
-        out = masking.conv_layout(x.new_empty(b_size, out_time, self.out_freq, self.out_channels))
-        out_lengths = []
-        for b0 in range(0, b_size, group):
-            y, group_lengths = self._chain_group(x[b0 : b0 + group], lengths[b0 : b0 + group])
-            t = y.shape[2]
-            out[b0 : b0 + group, :, :t].copy_(y)
-            out[b0 : b0 + group, :, t:].zero_()
-            out_lengths.append(group_lengths)
-        return out, torch.cat(out_lengths)
-
-    @torch.jit.unused
-    def _chain_group(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`_forward_chained` of one group, cut to its longest utterance:
-        ``(b, C, T, F)``, ``(b,)`` -> ``(b, C', T'', F')`` with ``T''`` the output frames
-        of ``max(lengths)`` input frames, and ``(b,)`` output lengths."""
-        layers = list(self.layers)
-        num_frames = int(lengths.max())
-        geometries, lens = [], lengths
-        for layer in layers:
-            geometries.append(layer.geometry(num_frames, lens))
-            num_frames, lens = geometries[-1][0], geometries[-1][1]
-        strides = [layer.time_stride for layer in layers]
-        sizes = shapes.chained_sizes([layer.time_kernel for layer in layers], strides, geometries[-1][3])
-        pads = [g[2].tolist() for g in geometries]
-        offsets = [shapes.chained_offsets(strides, list(per_layer)) for per_layer in zip(*pads, strict=True)]  # [b][l]
-        fq, fo = self.freq_sizes, self.freq_offsets
-        keep = min(x.shape[3], fq[0] - fo[0])  # frequency rows of the input any output reads
-        y = masking.place_frames(x[:, :, :, :keep], lengths.tolist(), ([o[0] for o in offsets], sizes[0], fo[0],
-                                 fq[0] - fo[0] - keep), False)  # (b, C, sizes[0], fq[0])
-        for i, layer in enumerate(layers):
-            y = layer.act(layer.conv_folded(y))  # (b, C_i, size_i, fq_i) -> (b, C_i+1, size_i+1, fq_i+1)
-            if i + 1 < len(layers):
-                nxt = layers[i + 1]
-                # Conv i+1's valid outputs read utterance b's frames from pads[i+1][b] before
-                # its data on: zeros are needed up to the end of that span only (no valid
-                # output reads what lies past it).
-                ends = [o[i + 1] - pad + shapes.conv_input_span(n, nxt.time_kernel, nxt.time_stride)
-                        for o, pad, n in zip(offsets, pads[i + 1], geometries[i + 1][1].tolist(), strict=True)]
-                # (b, C', T', F') -> (b, T', F', C'): a view of channels_last output; a copy
-                # after a single-channel input (contiguous strides in, NCHW out), so that
-                # the next conv reads the layout of the layer-by-layer buffer, and rounds alike
-                rows = y.permute(0, 2, 3, 1).contiguous()
-                masking.zero_margins_(rows, [o[i + 1] for o in offsets], geometries[i][1].tolist(), fo[i + 1],
-                                      layer.out_freq, ends)
-                y = masking.conv_layout(rows)  # one channel: contiguous strides (oneDNN single-channel bug)
-        return masking.zero_padding_(y, lens), lens
+GROUP_ELEMENTS = 1_500_000
+"""Largest layer output per group of :meth:`ConvEncoder._forward_grouped`, in elements
+(6 MB of float32; groups of 2 utterances of 1000 frames for the default encoder)."""
 
 
-CHAIN_GROUP_ELEMENTS = 1_500_000
-"""Largest conv output per group of :meth:`ConvBranch._forward_chained`, in elements
-(6 MB of float32).  Measured on the default encoder, B=16, T=1000 (2.6 MB of first-conv
-output per utterance; this budget makes groups of 2), 1 and 2 threads, both page sizes
-of ``bench/encoder.py``: groups of 2 utterances ran as fast as or up to 1.3x faster than
-groups of 1 or 3, and 1.8x (huge pages) to 2.9x (4 KB pages) faster than the whole
-batch at once."""
+def _hooked(module: nn.Module) -> bool:
+    """Whether calling ``module`` runs forward hooks (its own, a submodule's or global ones)."""
+    g = nn.modules.module
+    if g._global_forward_hooks or g._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
 class ConvEncoder(nn.Module):
@@ -465,18 +248,15 @@ class ConvEncoder(nn.Module):
     Too-short utterances (fewer than :attr:`min_input_frames` frames), by
     ``config.too_short``: ``error`` raises a ``ValueError`` naming the batch index, its
     length and the minimum; ``pad`` zero-pads them to the minimum, so their output
-    length is that of the minimum (at least one frame).
+    length is that of the minimum (at least one frame).  The lengths are checked in
+    eager mode; a traced program (``torch.export``, ONNX) trusts them.
 
     Two branches (``config.branch``): both read the same input, are flattened to
-    ``(B, T', D)`` and fused by ``LearnedMix`` (``fusion="mix"``) or ``GatedMix(D)``
-    (``"gated"``); their ``T'`` formulas and ``D`` must agree (checked at construction).
-
-    TorchScript: ``torch.jit.script(ConvEncoder(...))`` compiles ``forward``; the
-    properties and :meth:`output_lengths` stay Python-only.
+    ``(B, T', D)`` and fused by :class:`speechconv.layers.LearnedMix` (``fusion="mix"``),
+    ``GatedMix(D)`` (``"gated"``), ``Concat`` (``"concat"``, ``D = D1 + D2``) or ``Sum``
+    (``"sum"``); their ``T'`` formulas must agree, and their ``D`` except for
+    ``concat`` (checked at construction).
     """
-
-    __jit_unused_properties__ = ["output_dim", "subsampling", "min_input_frames", "out_freq", "out_channels"]
-    __jit_ignored_attributes__ = ["config"]
 
     def __init__(
         self,
@@ -499,13 +279,13 @@ class ConvEncoder(nn.Module):
         )
         self.has_branch = len(layer_lists) > 1
         self.flatten = flatten or self.has_branch
-        self.too_short_pad = self.config.too_short == "pad"
-        self.min_frames = max(shapes.stack_min_input(time_geometries(ls)) for ls in layer_lists)
+        self.min_input_frames = max(shapes.stack_min_input(time_geometries(ls)) for ls in layer_lists)
         self.fusion: nn.Module | None = None
         if self.has_branch:
             self._check_branches_agree(layer_lists)
-            dim = self.branches[0].out_freq * self.branches[0].out_channels
-            self.fusion = LearnedMix() if self.config.fusion == "mix" else GatedMix(dim)
+            fusion = FUSION_MODULES[self.config.fusion]
+            self.fusion = fusion(self.branches[0].out_freq * self.branches[0].out_channels) \
+                if fusion is GatedMix else fusion()
 
     def _check_branches_agree(self, layer_lists: list[list[LayerConfig]]) -> None:
         dims = [br.out_freq * br.out_channels for br in self.branches]
@@ -518,17 +298,18 @@ class ConvEncoder(nn.Module):
         grid = torch.arange(horizon)
         t0, t1 = (shapes.stack_out_length_tensor(grid, g) for g in geoms)
         differ = torch.nonzero(t0 != t1).flatten()
-        if dims[0] != dims[1] or differ.numel() > 0:
+        if (dims[0] != dims[1] and self.config.fusion != "concat") or differ.numel() > 0:
             formulas = [_time_formula(ls) for ls in layer_lists]
             shapes_txt = [
                 f"D = {br.out_freq}*{br.out_channels} = {d}, T' = {f}"
                 for br, d, f in zip(self.branches, dims, formulas, strict=True)
             ]
             where = f"; they first differ at T={int(differ[0])}" if differ.numel() > 0 else ""
+            need = "T'" if self.config.fusion == "concat" else "(T', D)"
             raise ValueError(
-                f"encoder branches must give the same (T', D) to be fused: layers give {shapes_txt[0]}; "
-                f"branch gives {shapes_txt[1]}{where}. Change the branch's strides, frames, padding or filters "
-                f"so both match"
+                f"encoder branches must give the same {need} to be fused by {self.config.fusion!r}: layers give "
+                f"{shapes_txt[0]}; branch gives {shapes_txt[1]}{where}. Change the branch's strides, frames, padding "
+                f"or filters so both match"
             )
 
     # ---------------------------------------------------------------- derived values
@@ -546,7 +327,8 @@ class ConvEncoder(nn.Module):
     @property
     def output_dim(self) -> int:
         """``D = F' * C'`` of the flattened output (640 by default); the fused ``D`` with a branch."""
-        return self.out_freq * self.out_channels
+        dims = [br.out_freq * br.out_channels for br in self.branches]
+        return sum(dims) if self.has_branch and self.config.fusion == "concat" else dims[0]
 
     @property
     def subsampling(self) -> int:
@@ -554,9 +336,10 @@ class ConvEncoder(nn.Module):
         return shapes.subsampling(time_geometries(self.config.layers))
 
     @property
-    def min_input_frames(self) -> int:
-        """Fewest input frames that give one output frame (max over branches)."""
-        return self.min_frames
+    def look_ahead(self) -> int:
+        """Input frames past an output frame's own position that it reads (the most over
+        branches; for ``same`` padding the worst case over lengths): :func:`speechconv.shapes.look_ahead`."""
+        return max(shapes.look_ahead(time_geometries(ls)) for ls in self.config.branches())
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """``(B,)`` input lengths -> ``(B,)`` output lengths, as ``forward`` returns them.
@@ -564,8 +347,8 @@ class ConvEncoder(nn.Module):
         Under ``too_short="pad"`` short lengths count as :attr:`min_input_frames`.
         """
         lengths = lengths.to(torch.int64)
-        if self.too_short_pad:
-            lengths = lengths.clamp(min=self.min_frames)
+        if self.config.too_short == "pad":
+            lengths = lengths.clamp(min=self.min_input_frames)
         return shapes.stack_out_length_tensor(lengths, time_geometries(self.config.layers))
 
     def freq_geometries(self) -> list[list[shapes.AxisGeometry]]:
@@ -574,8 +357,10 @@ class ConvEncoder(nn.Module):
 
     # ------------------------------------------------------------------------ forward
 
-    def _check_input(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validate ``(B, T, F, C)`` features and ``(B,)`` lengths; apply the too-short policy."""
+    def check_input(self, features: torch.Tensor, lengths: torch.Tensor) -> None:
+        """Raise a ``ValueError`` naming the problem unless ``features`` is ``(B, T, F, C)``
+        with this encoder's ``F`` and ``C`` and ``lengths`` ``(B,)`` integers in ``[0, T]``,
+        each at least :attr:`min_input_frames` under ``too_short="error"``."""
         if features.dim() != 4 or features.shape[2] != self.input_freq or features.shape[3] != self.input_channels:
             raise ValueError(
                 f"ConvEncoder expected features (B, T, {self.input_freq}, {self.input_channels}), got "
@@ -587,7 +372,8 @@ class ConvEncoder(nn.Module):
             )
         if lengths.is_floating_point() or lengths.dtype == torch.bool:
             raise ValueError(f"ConvEncoder lengths must be integers, got dtype {lengths.dtype}")
-        lengths = lengths.to(torch.int64)
+        if torch.compiler.is_compiling():
+            return  # a traced program cannot branch on values; it trusts the lengths
         num_frames = features.shape[1]
         bad = torch.nonzero((lengths < 0) | (lengths > num_frames)).flatten()
         if bad.numel() > 0:
@@ -595,26 +381,81 @@ class ConvEncoder(nn.Module):
             raise ValueError(
                 f"ConvEncoder lengths[{i}]={int(lengths[i])} is outside [0, {num_frames}] (the padded T of features)"
             )
-        short = torch.nonzero(lengths < self.min_frames).flatten()
-        if short.numel() > 0:
-            if not self.too_short_pad:
-                i = int(short[0])
-                raise ValueError(
-                    f"utterance {i} of the batch has {int(lengths[i])} frames, but this encoder needs at least "
-                    f"{self.min_frames} frames; drop or pad short utterances, or set encoder.too_short=pad"
-                )
-            # Frames past the old lengths may hold anything: zero them before they count.
-            features = features * shapes.make_pad_mask(lengths, num_frames)[:, :, None, None].to(features.dtype)
-            lengths = lengths.clamp(min=self.min_frames)
-            if num_frames < self.min_frames:
-                extra = self.min_frames - num_frames
-                features = nn.functional.pad(features, (0, 0, 0, 0, 0, extra))  # (B, T, F, C) -> (B, T+e, F, C)
-        return features, lengths
+        short = torch.nonzero(lengths < self.min_input_frames).flatten()
+        if short.numel() > 0 and self.config.too_short == "error":
+            i = int(short[0])
+            raise ValueError(
+                f"utterance {i} of the batch has {int(lengths[i])} frames, but this encoder needs at least "
+                f"{self.min_input_frames} frames; drop or pad short utterances, or set encoder.too_short=pad"
+            )
+
+    def _pad_short(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``too_short="pad"``: utterances under :attr:`min_input_frames` zero-padded to it.
+        ``(B, T, F, C)``, ``(B,)`` -> ``(B, max(T, min), F, C)``, ``(B,)``."""
+        num_frames = features.shape[1]
+        # Frames past the old lengths may hold anything: zero them before they count.
+        features = torch.where(shapes.make_pad_mask(lengths, num_frames)[:, :, None, None], features, 0.0)
+        if num_frames < self.min_input_frames:
+            extra = self.min_input_frames - num_frames
+            features = nn.functional.pad(features, (0, 0, 0, 0, 0, extra))  # (B, T, F, C) -> (B, T+e, F, C)
+        return features, lengths.clamp(min=self.min_input_frames)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``features`` ``(B, T, F, C)``, ``lengths`` ``(B,)`` -> ``(B, T', F', C')`` or
         ``(B, T', D)``, and ``(B,)`` output lengths."""
-        features, lengths = self._check_input(features, lengths)
+        self.check_input(features, lengths)
+        lengths = lengths.to(torch.int64)
+        if self.config.too_short == "pad":
+            features, lengths = self._pad_short(features, lengths)
+        group = self._group_size(features)
+        if group < features.shape[0]:
+            return self._forward_grouped(features, lengths, group)
+        return self._forward_layers(features, lengths)
+
+    def _group_size(self, features: torch.Tensor) -> int:
+        """Utterances per group of :meth:`_forward_grouped`: ``B`` (no grouping) unless no
+        autograd is recording, nothing is being traced, no hook would see the groups and
+        every layer maps each utterance on its own (running statistics, no active
+        dropout); then as many as keep each layer's output under
+        :data:`GROUP_ELEMENTS` elements."""
+        batch = features.shape[0]
+        if (torch.is_grad_enabled() or torch.compiler.is_compiling() or batch <= 1 or _hooked(self)
+                or any(m.training for m in self.modules() if isinstance(m, (masking.MaskedBatchNorm, nn.Dropout)))):
+            return batch
+        largest = 1
+        for branch in self.branches:
+            t = features.shape[1]
+            for layer in branch.layers:
+                t = shapes.conv_out_length(t, layer.time.kernel, layer.time.stride, layer.time.padding)
+                largest = max(largest, t * layer.out_freq * layer.out_channels)
+        return max(1, GROUP_ELEMENTS // largest)
+
+    def _forward_grouped(self, features: torch.Tensor, lengths: torch.Tensor,
+                         group: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fast path: :meth:`_forward_layers` on groups of ``group`` consecutive
+        utterances, each group cut to its own longest one, copied into the batch output.
+        Same values up to float rounding (oneDNN picks kernels by shape): every layer
+        maps each utterance on its own here.  Small groups keep every intermediate
+        tensor small enough to be reused from the allocator's free lists and caches,
+        where batch-sized ones are fresh pages on every call.
+        ``(B, T, F, C)``, ``(B,)`` -> as :meth:`forward`."""
+        out_lengths = self.output_lengths(lengths)
+        out: torch.Tensor | None = None
+        for start in range(0, features.shape[0], group):
+            part = lengths[start : start + group]
+            y, _ = self._forward_layers(features[start : start + group, : int(part.max())], part)
+            if out is None:  # (B, T', ...) of the whole batch, zero past each output length
+                out_time = shapes.stack_out_length(features.shape[1], time_geometries(self.config.layers))
+                out = y.new_zeros((features.shape[0], out_time) + tuple(y.shape[2:]))
+            out[start : start + group, : y.shape[1]] = y
+        assert out is not None, "_forward_grouped runs on a non-empty batch"
+        return out, out_lengths
+
+    def _forward_layers(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The plain path: each branch's layers in turn on the whole batch, then the fusion.
+        ``(B, T, F, C)``, ``(B,)`` -> as :meth:`forward`."""
+        # Zeros past each length, whatever the features hold there: what the layers read.
+        features = torch.where(shapes.make_pad_mask(lengths, features.shape[1])[:, :, None, None], features, 0.0)
         x = features.permute(0, 3, 1, 2)  # (B, T, F, C) -> (B, C, T, F), channels_last strides
         outs: list[torch.Tensor] = []
         out_lengths = lengths
@@ -622,9 +463,98 @@ class ConvEncoder(nn.Module):
             y, out_lengths = branch(x, lengths)
             y = y.permute(0, 2, 3, 1)  # (B, C', T', F') -> (B, T', F', C')
             if self.flatten:
-                y = y.reshape(y.shape[0], y.shape[1], -1)  # (B, T', F', C') -> (B, T', F' * C')
+                y = y.flatten(2)  # (B, T', F', C') -> (B, T', F' * C')
             outs.append(y)
-        fusion = self.fusion
-        if fusion is not None:
-            return fusion(outs[0], outs[1]), out_lengths
+        if self.fusion is not None:
+            return self.fusion(outs[0], outs[1]), out_lengths
         return outs[0], out_lengths
+
+    # -------------------------------------------------------------------- streaming
+
+    def streaming(self, batch: int | None = None) -> EncoderStream | BatchedEncoderStream:
+        """A stream of this (eval-mode) encoder that takes features chunk by chunk and
+        gives the frames of ``self(features[None], lengths)`` as soon as they are final.
+
+        ``batch=None``: one stream, ``accept((t, F, C)) -> (t', F', C')`` (or ``(t', D)``
+        when flattened) and ``finish()``; ``batch=B``: ``B`` independent streams at once
+        (:class:`speechconv.encoder_stream.BatchedEncoderStream`).
+
+        Needs fixed alignment along time (every layer's time padding ``valid``,
+        ``causal`` or an int): TF SAME puts the first output frame where the utterance's
+        total length decides, which a stream cannot know; a ``ValueError`` says which
+        layer and what to use instead.  One branch only.
+        """
+        if self.training:
+            raise ValueError("ConvEncoder.streaming() needs an eval-mode encoder (batch norms on running "
+                             "statistics): call encoder.eval() first")
+        if self.has_branch:
+            raise ValueError("ConvEncoder.streaming() streams one branch; this encoder fuses two "
+                             "(encoder.branch is set): stream an encoder without encoder.branch")
+        for i, lc in enumerate(self.config.layers):
+            if lc.time_geometry().padding == "same":
+                raise ValueError(
+                    f"encoder.layers.{i} pads time with TF SAME, whose padding before an utterance depends on its "
+                    f"total length (for a {lc.time_geometry().kernel}-frame kernel with stride "
+                    f"{lc.time_geometry().stride}: L mod {lc.time_geometry().stride}), so a stream, which does not "
+                    f"know the length yet, cannot place its first output frame as the offline encoder does. Use "
+                    f"fixed alignment: padding 1 (one zero frame on each side, the encoder=streaming preset), 'valid', or "
+                    f"'causal' (all padding before: no look-ahead)"
+                )
+        stream = BatchedEncoderStream(list(self.branches[0].layers), self.input_freq, self.input_channels,
+                                      batch or 1, self.min_input_frames, self.config.too_short, self.flatten)
+        return stream if batch is not None else EncoderStream(stream)
+
+
+def fold_batch_norms(encoder: ConvEncoder) -> ConvEncoder:
+    """An eval-form copy of ``encoder``: each batch norm folded into its conv.
+
+    ``bn(conv(x)) = conv'(x)`` on running statistics
+    (:meth:`speechconv.masking.MaskedBatchNorm.fold`), and each kernel's zero taps of
+    asymmetric frequency padding (:class:`ConvLayer`) written into it, so the copy
+    computes what the eval-mode ``encoder`` computes (up to float rounding) with plain
+    convs: what ``torch.export`` and ONNX are given.  Training the copy raises;
+    ``encoder`` is left as it is.
+    """
+    folded = copy.deepcopy(encoder).eval()
+    for branch in folded.branches:
+        for layer in branch.layers:
+            conv = layer.conv
+            weight, bias = conv.weight.detach(), None if conv.bias is None else conv.bias.detach()
+            if layer.norm is not None:
+                weight, bias = layer.norm.fold(weight, bias)
+            weight = nn.functional.pad(weight, layer.kernel_pad)  # (C', C, kT, kF) -> (C', C, kT, kF + taps)
+            layer.conv = nn.Conv2d(conv.in_channels, conv.out_channels, tuple(weight.shape[2:]), conv.stride,
+                                   bias=bias is not None).to(device=weight.device, dtype=weight.dtype)
+            with torch.no_grad():
+                layer.conv.weight.copy_(weight)
+                if bias is not None:
+                    layer.conv.bias.copy_(bias)
+            layer.norm, layer.kernel_pad, layer.folded = None, (0, 0), True
+    return folded
+
+
+def export_program(encoder: ConvEncoder) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``encoder``'s eval form (:func:`fold_batch_norms`) with any
+    batch size and length.
+
+    Inputs ``features`` ``(B, T, F, C)`` float and ``lengths`` ``(B,)`` int64, outputs
+    those of :meth:`ConvEncoder.forward`, for every ``B >= 1`` and ``T >= min_input_frames``
+    (1 for the default; a batch padded to that many frames takes shorter utterances).  The
+    program trusts its lengths (``0 <= lengths <= T``, and at least
+    ``min_input_frames`` under ``too_short="error"``), which the eager encoder checks.
+    Traced with torch's size-oblivious shape reasoning (``backed_size_oblivious``), so
+    that the example's sizes are not special cases of the program, and with deferred
+    runtime asserts instead of guards: the fake conv's choice of a CPU backend by batch
+    size would otherwise guard ``B > 1``.  For ONNX, pass the program to
+    ``torch.onnx.export(program, dynamo=True)``; onnxruntime's CPU provider runs it
+    (tests/test_export.py).
+    """
+    folded = fold_batch_norms(encoder)
+    param = next(folded.parameters())
+    frames = max(folded.min_input_frames, 16)
+    features = torch.zeros(2, frames, folded.input_freq, folded.input_channels, dtype=param.dtype, device=param.device)
+    lengths = torch.tensor([frames, frames - 1], device=param.device)
+    batch, time = torch.export.Dim("batch", min=1), torch.export.Dim("frames", min=folded.min_input_frames)
+    with torch.fx.experimental._config.patch(backed_size_oblivious=True):
+        return torch.export.export(folded, (features, lengths), dynamic_shapes=({0: batch, 1: time}, {0: batch}),
+                                   prefer_deferred_runtime_asserts_over_guards=True)

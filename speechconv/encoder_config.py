@@ -17,7 +17,7 @@ from speechconv.shapes import AxisGeometry
 LAYER_KINDS = ("conv", "stack")
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "none")
 TOO_SHORT_POLICIES = ("error", "pad")
-FUSIONS = ("mix", "gated")
+FUSIONS = ("mix", "gated", "concat", "sum")
 
 
 def _bad(key: str, value: object, allowed: str, fix: str = "") -> ValueError:
@@ -41,8 +41,11 @@ class LayerConfig:
 
     ``kind="conv"``: a 2-D convolution over (time, frequency) with ``filters`` output
     channels, ``kernel`` and ``stride`` as ``[time, freq]``, ``padding`` ``"same"``
-    (TensorFlow SAME), ``"valid"``, an int, or a ``[time, freq]`` pair of those; then
-    batch norm (optional), activation and dropout.
+    (TensorFlow SAME), ``"valid"``, ``"causal"`` (``k - 1`` zeros before, none after),
+    an int (zeros on both sides), or a ``[time, freq]`` pair of those (see
+    :mod:`speechconv.shapes`); then batch norm (optional), activation and dropout.
+    Only ``same`` puts a length-dependent padding before an utterance; the others have
+    fixed alignment and can stream.
 
     ``kind="stack"``: frame stacking plus projection, an alternative to conv
     subsampling.  ``frames`` consecutive frames (all frequencies and channels) are
@@ -76,9 +79,9 @@ class LayerConfig:
         if min(st, sf) < 1:
             raise _bad(f"{where}.stride", self.stride, "strides >= 1", "use 1 for no subsampling")
         for p in self.paddings:
-            if isinstance(p, bool) or not (p in ("same", "valid") or (isinstance(p, int) and p >= 0)):
+            if isinstance(p, bool) or not (p in shapes.PADDINGS or (isinstance(p, int) and p >= 0)):
                 raise _bad(f"{where}.padding", self.padding,
-                           "'same', 'valid', an int >= 0, or a [time, freq] pair of those")
+                           "'same', 'valid', 'causal', an int >= 0, or a [time, freq] pair of those")
         if self.activation not in ACTIVATIONS:
             raise _bad(f"{where}.activation", self.activation, f"one of {ACTIVATIONS}")
         if not 0.0 <= self.dropout < 1.0:
@@ -125,9 +128,11 @@ class EncoderConfig:
     Attributes:
         layers: the main branch.
         branch: optional second branch on the same input (for example one ``stack``
-            layer); both branches are flattened to ``(B, T', D)`` and fused with
-            :class:`speechconv.layers.LearnedMix`, so their ``T'`` and ``D`` must agree.
-        fusion: ``mix`` (one learned scalar) or ``gated`` (softmax gate per position).
+            layer); both branches are flattened to ``(B, T', D)`` and fused, so their
+            ``T'`` must agree, and their ``D`` too except for ``concat``.
+        fusion: how the two branches are fused (:mod:`speechconv.layers`): ``mix`` (one
+            learned scalar), ``gated`` (a softmax gate per position), ``concat``
+            (``D = D1 + D2``) or ``sum``.
         too_short: ``error`` (a ``ValueError`` naming the batch index, its length and
             the minimum) or ``pad`` (short utterances are zero-padded to the minimum).
     """
@@ -175,3 +180,45 @@ def freq_geometries(layers: list[LayerConfig], in_freq: int) -> list[AxisGeometr
         out.append(g)
         in_freq = shapes.conv_out_length(in_freq, g.kernel, g.stride, g.padding)
     return out
+
+
+def _positive_int(key: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _bad(key, value, "an int >= 1")
+
+
+@dataclass
+class Weiss2017Config:
+    """Sizes of :class:`speechconv.Weiss2017Encoder` past its conv front (the front is an
+    :class:`EncoderConfig`, ``encoder.layers`` in ``train.py``); the defaults are the paper's.
+
+    Attributes:
+        convlstm_filters: hidden channels ``C_h`` of the bidirectional conv LSTM per direction.
+        convlstm_kernel: its filter width along frequency (the paper's 1x3); odd, so
+            that its zero padding is symmetric and keeps ``F'``.
+        lstm_layers: bidirectional LSTM layers after the ConvLSTM (3 in the paper).
+        lstm_units: LSTM units per direction (256).
+        projection: width of the linear projection after each BiLSTM (512), also the output ``D``.
+        project_last: also project after the last BiLSTM (else ``D = 2 * lstm_units``).
+        dropout: dropout on the input of each BiLSTM layer.
+    """
+
+    convlstm_filters: int = 32
+    convlstm_kernel: int = 3
+    lstm_layers: int = 3
+    lstm_units: int = 256
+    projection: int = 512
+    project_last: bool = True
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        for key in ("convlstm_filters", "convlstm_kernel", "lstm_layers", "lstm_units", "projection"):
+            _positive_int(f"weiss2017.{key}", getattr(self, key))
+        if self.convlstm_kernel % 2 == 0:
+            raise _bad("weiss2017.convlstm_kernel", self.convlstm_kernel, "an odd int (1, 3, 5...)",
+                       "an odd kernel pads both sides equally and keeps F'")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise _bad("weiss2017.dropout", self.dropout, "a float in [0, 1)")

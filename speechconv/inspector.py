@@ -147,6 +147,18 @@ class Description:
     features: FeatureConfig | None = None
     notes: list[str] = field(default_factory=list)
 
+    def streaming(self) -> str:
+        """Whether ``ConvEncoder.streaming()`` can stream this encoder, and its look-ahead
+        in encoder input frames (features' own look-ahead not included), in words."""
+        if self.encoder.branch is not None:
+            return "no (two branches; ConvEncoder.streaming() streams one)"
+        for i, lc in enumerate(self.encoder.layers):
+            if lc.time_geometry().padding == "same":
+                return (f"no (layers.{i} pads time with TF SAME: the first output frame depends on the utterance's "
+                        f"length; use time padding 1, 'valid' or 'causal')")
+        ms = "" if self.look_ahead_ms is None else f" = {self.look_ahead_ms:g} ms"
+        return f"yes (fixed alignment), {self.look_ahead} frames{ms} of look-ahead past the features"
+
     def row(self, name: str) -> LayerRow:
         """The row called ``name`` (``layers.0``, ``branch.0``, ``fusion``)."""
         for r in self.rows:
@@ -191,13 +203,15 @@ def fusion_params(fusion: str, dim: int) -> int:
     ``sigmoid(a) x + (1 - sigmoid(a)) y``: 1 parameter.  ``gated``
     (:class:`speechconv.layers.GatedMix`) computes a softmax gate over the two
     branches at each position from their concatenation, ``Linear(2D, 2)``:
-    ``2 * 2D + 2`` parameters.
+    ``2 * 2D + 2`` parameters.  ``concat`` and ``sum`` have none.
     """
     if fusion == "mix":
         return 1
     if fusion == "gated":
         return 2 * (2 * dim) + 2
-    raise ValueError(f"encoder.fusion={fusion!r} is invalid: expected 'mix' or 'gated'")
+    if fusion in ("concat", "sum"):
+        return 0
+    raise ValueError(f"encoder.fusion={fusion!r} is invalid: expected 'mix', 'gated', 'concat' or 'sum'")
 
 
 def _freq_min_geometries(layers: Sequence[LayerConfig], in_freq: int) -> list[AxisGeometry]:
@@ -325,13 +339,16 @@ def _describe(
     output_shape: Shape = last[0].out_shape
     if len(last) == 2:
         (ta, fa, ca), (tb, fb, cb) = last[0].out_shape, last[1].out_shape
-        if ta != tb or fa * ca != fb * cb:
+        concat = encoder.fusion == "concat"
+        if ta != tb or (fa * ca != fb * cb and not concat):
+            need = "frames" if concat else "frames and flattened size F' * C'"
             raise ValueError(
                 f"encoder.branch gives (T', D) = ({tb}, {fb * cb}) but encoder.layers gives ({ta}, {fa * ca}) "
-                f"for an input of {t} frames; both branches must agree in frames and flattened size "
-                f"F' * C' to be fused; change the branch's filters or frames"
+                f"for an input of {t} frames; both branches must agree in {need} to be fused by "
+                f"{encoder.fusion!r}; change the branch's filters or frames"
             )
         dim = fa * ca
+        out_dim = dim + fb * cb if concat else dim
         p = fusion_params(encoder.fusion, dim)
         gate_weights = p - (2 if encoder.fusion == "gated" else 0)
         rows.append(
@@ -339,8 +356,8 @@ def _describe(
                 name="fusion",
                 kind=encoder.fusion,
                 in_shape=(ta, dim),
-                out_shape=(ta, dim),
-                kernel_shape=() if encoder.fusion == "mix" else (2, 2 * dim),
+                out_shape=(ta, out_dim),
+                kernel_shape=(2, 2 * dim) if encoder.fusion == "gated" else (),
                 stride=(1, 1),
                 padding=("valid", "valid"),
                 kernels_2d=0,
@@ -348,7 +365,7 @@ def _describe(
                 biases=p - gate_weights,
                 bn_params=0,
                 bn_buffers=0,
-                macs=0 if encoder.fusion == "mix" else ta * 2 * 2 * dim,
+                macs=ta * 2 * 2 * dim if encoder.fusion == "gated" else 0,
                 activation="none",
                 receptive_field=rf,
                 receptive_field_ms=rf_ms,
@@ -359,7 +376,7 @@ def _describe(
                 min_input_samples=_min_samples(features, min_frames),
             )
         )
-        output_shape = (ta, dim)
+        output_shape = (ta, out_dim)
     totals = Totals(
         kernels_2d=sum(r.kernels_2d for r in rows),
         weights=sum(r.weights for r in rows),
@@ -475,12 +492,21 @@ def _with_ms(frames: int, ms: float | None) -> str:
     return str(frames) if ms is None else f"{frames} ({ms:g})"
 
 
+def _fusion_inputs(r: LayerRow) -> str:
+    """The fusion row's two inputs: ``2 x (T x D)``, or both shapes when ``concat`` joins
+    branches of different ``D``."""
+    (t, d), d_out = r.in_shape, r.out_shape[1]
+    if r.kind == "concat" and d_out != 2 * d:
+        return f"({t} x {d}) + ({t} x {d_out - d})"
+    return f"2 x ({t} x {d})"
+
+
 def _row_cells(r: LayerRow) -> list[str]:
     fusion = r.name == "fusion"
     return [
         r.name,
         r.kind if r.kind == "fusion" or fusion or r.activation == "none" else f"{r.kind}+{r.activation}",
-        _shape(r.in_shape) if not fusion else f"2 x ({_shape(r.in_shape)})",
+        _shape(r.in_shape) if not fusion else _fusion_inputs(r),
         _shape(r.kernel_shape),
         "-" if fusion else _pair_text(*r.stride),
         "-" if fusion else _pair_text(*r.padding),
@@ -522,6 +548,7 @@ def _summary(d: Description) -> list[str]:
         f"time: subsampling x{d.subsampling}, receptive field {d.receptive_field} frames{ms(d.receptive_field_ms)}, "
         f"look-ahead {d.look_ahead} frames{ms(d.look_ahead_ms)}"
     )
+    lines.append(f"streaming: {d.streaming()}")
     min_s = "" if d.min_input_samples is None else f" = {d.min_input_samples:,} samples"
     frames = "frame" if d.min_input_frames == 1 else "frames"
     lines.append(f"minimum input: {d.min_input_frames} {frames}{min_s}; F >= {d.min_input_freq}")

@@ -1,15 +1,11 @@
-"""Small building blocks: a block-wise linear layer, two ways to fuse two tensors and a
-batch norm that ignores padded frames.
+"""Small building blocks: a block-wise linear layer and four ways to fuse two tensors.
 
 ``BlockLinear`` is the "every 5 inputs fully connected to their own 3 outputs" layer:
 a Conv1d whose kernel equals its stride, so blocks never overlap and share one weight
-matrix.  ``LearnedMix`` and ``GatedMix`` fuse two same-shaped tensors (for example two
-encoder branches); both start as the plain average so adding a branch does not change
-the model at initialisation.  ``MaskedBatchNorm1d`` normalises ``(B, T, D)`` over the
-valid frames only, so an utterance's output does not depend on how much padding its
-batch carries.
-
-All of them are TorchScript-scriptable.
+matrix.  ``LearnedMix``, ``GatedMix``, ``Concat`` and ``Sum`` fuse two tensors (for
+example two encoder branches, :class:`speechconv.ConvEncoder`); the two learned ones
+start as the plain average, so adding a branch does not change the model at
+initialisation.
 """
 
 from __future__ import annotations
@@ -146,79 +142,30 @@ class GatedMix(nn.Module):
         return g[..., 0:1] * x + g[..., 1:2] * y
 
 
-def masked_batch_norm(
-    x: torch.Tensor,
-    mask: torch.Tensor,
-    running_mean: torch.Tensor,
-    running_var: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    training: bool,
-    momentum: float,
-    eps: float,
-) -> torch.Tensor:
-    """Batch norm over the valid frames of a padded batch; padded frames come out zero.
-
-    In training the statistics are those of ``x[mask]`` alone (padding would pull the
-    mean toward 0 and make an utterance's output depend on its batch-mates' lengths),
-    normalising with the biased variance and updating the running variance with the
-    unbiased one, exactly as :class:`torch.nn.BatchNorm1d` does on the valid frames.
-    The running buffers are updated in place.
-
-    Args:
-        x: ``(B, T, D)``.
-        mask: ``(B, T)`` bool, True on valid frames.
-        running_mean, running_var, weight, bias: ``(D,)``.
-
-    Returns:
-        ``(B, T, D)``, zero where ``mask`` is False.
-    """
-    m = mask.unsqueeze(-1).to(x.dtype)  # (B, T) -> (B, T, 1)
-    if training:
-        n = m.sum()
-        if int(n.item()) < 2:
-            raise ValueError(
-                f"masked batch norm needs at least 2 valid frames in a training batch, got {int(n.item())}; "
-                f"use longer utterances or a larger batch"
-            )
-        mean = (x * m).sum(dim=(0, 1)) / n
-        var = (((x - mean) * m) ** 2).sum(dim=(0, 1)) / n
-        with torch.no_grad():
-            running_mean.mul_(1.0 - momentum).add_(momentum * mean.detach())
-            running_var.mul_(1.0 - momentum).add_(momentum * var.detach() * n / (n - 1))
-    else:
-        mean, var = running_mean, running_var
-    y = (x - mean) * torch.rsqrt(var + eps) * weight + bias
-    return y * m
-
-
-class MaskedBatchNorm1d(nn.Module):
-    """:func:`masked_batch_norm` with its affine parameters and running statistics.
-
-    Parameters: ``2 * dim`` (scale and shift); buffers: running mean and variance.
+class Concat(nn.Module):
+    """``out = [x; y]`` along the last axis: no parameters; the inputs may differ in ``D``.
 
     Shapes:
-        ``forward(x, mask)``: ``(B, T, D)``, ``(B, T)`` bool -> ``(B, T, D)``.
+        ``forward(x, y)``: ``(..., D1)`` and ``(..., D2)`` with equal leading axes ->
+        ``(..., D1 + D2)``.
     """
 
-    def __init__(self, dim: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.dim = dim
-        self.momentum = momentum
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.bias = nn.Parameter(torch.zeros(dim))
-        self.register_buffer("running_mean", torch.zeros(dim))
-        self.register_buffer("running_var", torch.ones(dim))
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(..., D1)``, ``y`` ``(..., D2)`` -> ``(..., D1 + D2)``."""
+        if x.shape[:-1] != y.shape[:-1]:
+            raise ValueError(f"Concat joins tensors along the last axis, got {list(x.shape)} and {list(y.shape)}; "
+                             f"make both branches produce the same leading axes (B, T')")
+        return torch.cat([x, y], dim=-1)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``x``: ``(B, T, D)``, ``mask``: ``(B, T)`` -> ``(B, T, D)``."""
-        if x.dim() != 3 or x.shape[2] != self.dim or mask.shape != x.shape[:2]:
-            raise ValueError(
-                f"MaskedBatchNorm1d(dim={self.dim}) expected x (B, T, {self.dim}) and mask (B, T), "
-                f"got {list(x.shape)} and {list(mask.shape)}"
-            )
-        return masked_batch_norm(
-            x, mask, self.running_mean, self.running_var, self.weight, self.bias,
-            self.training, self.momentum, self.eps,
-        )
+
+class Sum(nn.Module):
+    """``out = x + y``: no parameters.
+
+    Shapes:
+        ``forward(x, y)``: two tensors ``(..., D)`` of the same shape -> the same shape.
+    """
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``x``, ``y``: ``(..., D)`` -> ``(..., D)``."""
+        _check_same_shape("Sum", x, y)
+        return x + y

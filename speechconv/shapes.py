@@ -31,6 +31,14 @@ stride ``s`` and dilation 1 (the encoder never dilates):
              gives the same frames alone and in a batch.
 ``int p``    ``p`` zeros on both sides: ``L_out = (L + 2p - k) // s + 1`` when
              ``L + 2p >= k`` and 0 otherwise.
+``causal``   ``k - 1`` zeros before, none after: ``L_out = (L - 1) // s + 1 = ceil(L / s)``,
+             the length of ``same``, and output ``j`` reads inputs ``j*s - k + 1 .. j*s``:
+             no look-ahead.
+
+``valid``, ``int p`` and ``causal`` put the same padding before every utterance (fixed
+alignment): the first output frame sits where the first input frame does, whatever
+the length, which is what a stream needs (:mod:`speechconv.encoder_stream`).
+``same`` does not.
 
 Empty input gives empty output in every mode (padding alone makes no frames).
 """
@@ -101,19 +109,46 @@ def min_samples_for_frames(num_frames: int, win_length: int, hop_length: int, fr
 
 # ------------------------------------------------------------------ one conv axis
 
+PADDINGS = ("same", "valid", "causal")
+"""The named paddings; a non-negative int is the fourth kind (zeros on both sides)."""
+
 
 def _check_padding(padding: Padding) -> None:
-    if isinstance(padding, bool) or not (
-        padding in ("same", "valid") or (isinstance(padding, int) and padding >= 0)
-    ):
-        raise ValueError(f"padding must be 'same', 'valid' or an int >= 0, got {padding!r}")
+    if isinstance(padding, bool) or not (padding in PADDINGS or (isinstance(padding, int) and padding >= 0)):
+        raise ValueError(f"padding must be one of {PADDINGS} or an int >= 0, got {padding!r}")
 
 
 def same_padding(length: int, kernel: int, stride: int) -> tuple[int, int]:
     """TensorFlow SAME padding ``(before, after)`` for one axis of length ``L``."""
-    out = -(-length // stride)  # ceil(L / s)
+    out = (length + stride - 1) // stride  # ceil(L / s)
     total = max((out - 1) * stride + kernel - length, 0)
     return total // 2, total - total // 2
+
+
+def padding_amounts(length: int, kernel: int, stride: int, padding: Padding) -> tuple[int, int]:
+    """Zeros ``(before, after)`` one conv axis of length ``L`` gets (see the module docstring)."""
+    _check_padding(padding)
+    if padding == "same":
+        return same_padding(length, kernel, stride)
+    if padding == "valid":
+        return 0, 0
+    if padding == "causal":
+        return kernel - 1, 0
+    return int(padding), int(padding)
+
+
+def pad_before_tensor(lengths: torch.Tensor, kernel: int, stride: int, padding: Padding) -> torch.Tensor:
+    """Batched zeros before each utterance: ``(B,)`` lengths -> ``(B,)`` int64.
+
+    ``same``: the first element of :func:`same_padding` for each length,
+    ``P // 2`` with ``P = max((ceil(L / s) - 1) * s + k - L, 0)`` (0 for empty input);
+    the other paddings: the same constant for every length."""
+    n = lengths.to(torch.int64)
+    if padding != "same":
+        return torch.full_like(n, padding_amounts(1, kernel, stride, padding)[0])
+    out = torch.div(n + stride - 1, stride, rounding_mode="floor")
+    total = torch.clamp((out - 1) * stride + kernel - n, min=0)
+    return torch.where(n > 0, torch.div(total, 2, rounding_mode="floor"), 0)
 
 
 def conv_out_length(length: int, kernel: int, stride: int, padding: Padding) -> int:
@@ -123,8 +158,8 @@ def conv_out_length(length: int, kernel: int, stride: int, padding: Padding) -> 
         raise ValueError(f"need length >= 0, kernel >= 1, stride >= 1; got {length}, {kernel}, {stride}")
     if length == 0:
         return 0
-    if padding == "same":
-        return -(-length // stride)
+    if padding in ("same", "causal"):
+        return (length + stride - 1) // stride  # ceil(L / s), as floor of non-negatives (ONNX divides truncating)
     padded = length if padding == "valid" else length + 2 * int(padding)
     return 0 if padded < kernel else (padded - kernel) // stride + 1
 
@@ -133,7 +168,7 @@ def conv_out_length_tensor(lengths: torch.Tensor, kernel: int, stride: int, padd
     """Batched :func:`conv_out_length`: ``(B,)`` int -> ``(B,)`` int64."""
     _check_padding(padding)
     n = lengths.to(torch.int64)
-    if padding == "same":
+    if padding in ("same", "causal"):
         return torch.div(n + stride - 1, stride, rounding_mode="floor")
     padded = n if padding == "valid" else n + 2 * int(padding)
     keep = (padded >= kernel) & (n > 0)
@@ -145,22 +180,28 @@ def conv_min_input(out_length: int, kernel: int, stride: int, padding: Padding) 
     _check_padding(padding)
     if out_length <= 0:
         return 0
-    if padding == "same":
+    if padding in ("same", "causal"):
         return (out_length - 1) * stride + 1
     pad = 0 if padding == "valid" else 2 * int(padding)
     return max(1, (out_length - 1) * stride + kernel - pad)
+
+
+def conv_input_span(out_length: int, kernel: int, stride: int) -> int:
+    """Input elements (padding included) read by ``out_length`` conv outputs:
+    ``(out - 1) * s + k``, and 0 for no output."""
+    return 0 if out_length <= 0 else (out_length - 1) * stride + kernel
 
 
 def min_pad_before(kernel: int, stride: int, padding: Padding) -> int:
     """Smallest padding before the input over all input lengths (for the look-ahead).
 
     For ``same`` the padding before is ``P // 2`` with ``P = k - s`` (when ``L mod s == 0``)
-    or ``k - r`` for ``r = L mod s > 0``; the smallest is ``max(k - s, 0) // 2``.
+    or ``k - r`` for ``r = L mod s > 0``; the smallest is ``max(k - s, 0) // 2``.  The
+    other paddings put the same amount before every length.
     """
-    _check_padding(padding)
     if padding == "same":
         return max(kernel - stride, 0) // 2
-    return 0 if padding == "valid" else int(padding)
+    return padding_amounts(1, kernel, stride, padding)[0]
 
 
 # ---------------------------------------------------------------- a stack of convs
@@ -239,85 +280,3 @@ def look_ahead(layers: Sequence[AxisGeometry]) -> int:
 def make_pad_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     """``(B,)`` lengths -> ``(B, T)`` bool, True on valid frames ``t < lengths[b]``."""
     return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
-
-
-# ------------------------------------------------ TorchScript forms (added for the encoder)
-# ConvEncoder.forward is compiled by torch.jit.script, which cannot compile the
-# functions above (Union-typed padding, f-string errors).  These restate them for a
-# padding that is already validated, given as ``same`` (bool) and ``pad`` (zeros per
-# side; 0 for valid).  tests/test_masking.py checks they agree with the originals.
-
-
-def conv_out_length_script(lengths: torch.Tensor, kernel: int, stride: int, same: bool, pad: int) -> torch.Tensor:
-    """:func:`conv_out_length_tensor` for TorchScript: ``(B,)`` int -> ``(B,)`` int64."""
-    n = lengths.to(torch.int64)
-    if same:
-        return torch.div(n + stride - 1, stride, rounding_mode="floor")
-    padded = n + 2 * pad
-    keep = (padded >= kernel) & (n > 0)
-    return torch.where(keep, torch.div(padded - kernel, stride, rounding_mode="floor") + 1, torch.zeros_like(n))
-
-
-def conv_out_length_int(length: int, kernel: int, stride: int, same: bool, pad: int) -> int:
-    """:func:`conv_out_length` for TorchScript (padding as in :func:`conv_out_length_script`)."""
-    if length <= 0:
-        return 0
-    if same:
-        return (length + stride - 1) // stride
-    padded = length + 2 * pad
-    return 0 if padded < kernel else (padded - kernel) // stride + 1
-
-
-def same_pad_before_tensor(lengths: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
-    """Per-utterance TF SAME padding before: ``(B,)`` lengths -> ``(B,)`` int64.
-
-    The first element of :func:`same_padding` for each length: ``P // 2`` with
-    ``P = max((ceil(L / s) - 1) * s + k - L, 0)``.  Empty input gets 0.
-    """
-    n = lengths.to(torch.int64)
-    out = torch.div(n + stride - 1, stride, rounding_mode="floor")
-    total = torch.clamp((out - 1) * stride + kernel - n, min=0)
-    return torch.where(n > 0, torch.div(total, 2, rounding_mode="floor"), torch.zeros_like(n))
-
-
-def conv_input_span(out_length: int, kernel: int, stride: int) -> int:
-    """Input elements (padding included) read by ``out_length`` conv outputs:
-    ``(out - 1) * s + k``, and 0 for no output."""
-    return 0 if out_length <= 0 else (out_length - 1) * stride + kernel
-
-
-# ------------------------------------------------ chained convs (the encoder's eval path)
-# Layer by layer, conv l reads a buffer of ``span_l`` elements holding its input at
-# offset ``pad_l`` (its padding before), zeros around it.  Chained, conv l's *output*
-# is conv l+1's padded input as it stands: conv l's buffer is made big enough, and its
-# data placed far enough in, that its output has the data of conv l+1's buffer where
-# that buffer wants it.  Output element r of a conv reads input elements
-# ``s r .. s r + k - 1``; so with conv l+1's data at ``offset_{l+1}``, conv l's output
-# element ``offset_{l+1} + j`` reads what the layer-by-layer output j reads when conv
-# l's own data sits at ``offset_l = pad_l + s_l offset_{l+1}``.  Elements outside the
-# data must be zero wherever a valid output reads them: the caller zeroes them (and
-# drops data that falls past the buffer's end, which no output reads).
-
-
-def chained_sizes(kernels: Sequence[int], strides: Sequence[int], last_span: int) -> list[int]:
-    """Size of each conv's input buffer along one axis when the convs are chained.
-
-    ``size[-1] = last_span`` (the last conv's own layer-by-layer span), and each earlier
-    buffer is what gives the next one exactly: ``size[l] = (size[l+1] - 1) s_l + k_l``
-    (:func:`conv_input_span`), so conv ``l``'s output has ``size[l+1]`` elements.
-    """
-    sizes = [last_span]
-    for kernel, stride in zip(reversed(kernels[:-1]), reversed(strides[:-1]), strict=True):
-        sizes.append(conv_input_span(sizes[-1], kernel, stride))
-    return sizes[::-1]
-
-
-def chained_offsets(strides: Sequence[int], pads_before: Sequence[int]) -> list[int]:
-    """Where each conv's input data starts in its chained buffer, for one utterance (or
-    the frequency axis): ``offset[l] = pad_l + s_l offset[l+1]`` with the last conv's
-    ``offset = pad`` (its output starts at 0)."""
-    offsets, after = [], 0
-    for stride, pad in zip(reversed(strides), reversed(pads_before), strict=True):
-        after = pad + stride * after
-        offsets.append(after)
-    return offsets[::-1]

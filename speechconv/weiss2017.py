@@ -24,11 +24,14 @@ Everything respects lengths: the ConvLSTM's backward direction starts at each
 utterance's last valid frame, the BiLSTMs run on packed sequences, batch norm uses
 valid frames only, and padded output frames are exactly zero, so an utterance encodes
 the same alone and in a batch (in eval mode).
+
+Export: the conv front exports (:func:`speechconv.encoder.export_program`); the rest
+does not trace with ``torch.export``, with static shapes or dynamic ones: the BiLSTMs
+run on packed sequences (``pack_padded_sequence``, whose sizes depend on the lengths'
+values) and the ConvLSTM is a Python loop over frames.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -37,65 +40,10 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from speechconv import shapes
 from speechconv.encoder import ConvEncoder
-from speechconv.encoder_config import EncoderConfig
-from speechconv.layers import MaskedBatchNorm1d
+from speechconv.encoder_config import EncoderConfig, Weiss2017Config
+from speechconv.masking import MaskedBatchNorm
 
-
-def _bad(key: str, value: object, allowed: str) -> ValueError:
-    return ValueError(f"weiss2017.{key}={value!r} is invalid: expected {allowed}")
-
-
-def _positive_int(key: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _bad(key, value, "an int >= 1")
-
-
-@dataclass
-class Weiss2017Config:
-    """Sizes of :class:`Weiss2017Encoder`; the defaults are the paper's.
-
-    Attributes:
-        front: the conv front (default: 2 layers of 32 filters, 3x3, stride 2x2, SAME,
-            batch norm, ReLU).  Must have no second branch: the ConvLSTM needs the
-            ``(B, T', F', C')`` layout.
-        convlstm_filters: hidden channels ``C_h`` of the ConvLSTM per direction.
-        convlstm_kernel: ConvLSTM filter width along frequency (the paper's 1x3); odd,
-            so that its zero padding is symmetric and keeps ``F'``.
-        lstm_layers: bidirectional LSTM layers after the ConvLSTM.
-        lstm_units: LSTM units per direction.
-        projection: width of the linear projection after each BiLSTM.
-        project_last: also project after the last BiLSTM (see the module docstring).
-        dropout: dropout on the input of each BiLSTM layer.
-    """
-
-    front: EncoderConfig = field(default_factory=EncoderConfig)
-    convlstm_filters: int = 32
-    convlstm_kernel: int = 3
-    lstm_layers: int = 3
-    lstm_units: int = 256
-    projection: int = 512
-    project_last: bool = True
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.front, EncoderConfig):
-            self.front = EncoderConfig(**self.front)
-        self.validate()
-
-    def validate(self) -> None:
-        self.front.validate()
-        if self.front.branch is not None:
-            raise _bad("front.branch", self.front.branch,
-                       "null: the ConvLSTM convolves over the frequency axis, which a fused branch flattens away")
-        _positive_int("convlstm_filters", self.convlstm_filters)
-        _positive_int("convlstm_kernel", self.convlstm_kernel)
-        if self.convlstm_kernel % 2 == 0:
-            raise _bad("convlstm_kernel", self.convlstm_kernel, "an odd int (1, 3, 5, ...) so padding is symmetric")
-        _positive_int("lstm_layers", self.lstm_layers)
-        _positive_int("lstm_units", self.lstm_units)
-        _positive_int("projection", self.projection)
-        if not 0.0 <= self.dropout < 1.0:
-            raise _bad("dropout", self.dropout, "a float in [0, 1)")
+__all__ = ["BiConvLSTM", "ProjectedBiLSTM", "Weiss2017Config", "Weiss2017Encoder", "convlstm_scan"]
 
 
 # ------------------------------------------------------------------------- ConvLSTM
@@ -199,7 +147,7 @@ class ProjectedBiLSTM(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.lstm = nn.LSTM(input_dim, units, batch_first=True, bidirectional=True)
         self.projection = nn.Linear(2 * units, projection_dim) if project else nn.Identity()
-        self.norm = MaskedBatchNorm1d(projection_dim) if project else None
+        self.norm = MaskedBatchNorm(projection_dim) if project else None
         self.output_dim = projection_dim if project else 2 * units
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -210,7 +158,8 @@ class ProjectedBiLSTM(nn.Module):
         norm = self.norm
         if norm is None:
             return h
-        return torch.relu(norm(self.projection(h), mask))
+        y = norm(self.projection(h).transpose(1, 2), mask)  # (B, T, P) -> (B, P, T), zero on padding
+        return torch.relu(y.transpose(1, 2))  # (B, P, T) -> (B, T, P)
 
 
 # ------------------------------------------------------------------------- encoder
@@ -241,9 +190,12 @@ class Weiss2017Encoder(nn.Module):
     recomputes every row from the formula and compares it with the module.
 
     Args:
-        config: sizes; ``None`` gives the paper's.
+        config: sizes past the conv front; ``None`` gives the paper's.
         input_freq: ``F`` of the features (80).
         input_channels: ``C`` of the features (3: log-mel, delta, delta-delta).
+        front: the conv front; ``None`` gives the paper's (2 layers of 32 filters, 3x3,
+            stride 2x2, SAME, batch norm, ReLU).  It must have no second branch: the
+            ConvLSTM needs the ``(B, T', F', C')`` layout.
 
     Shapes:
         ``forward(features, lengths)``: ``(B, T, F, C)``, ``(B,)`` int64 ->
@@ -251,15 +203,17 @@ class Weiss2017Encoder(nn.Module):
         int64 output lengths.
     """
 
-    # Python-side facts, not compiled by TorchScript (the front's are not either).
-    __jit_unused_properties__ = ["output_dim", "subsampling", "min_input_frames"]
-
-    def __init__(self, config: Weiss2017Config | None = None, input_freq: int = 80, input_channels: int = 3) -> None:
+    def __init__(self, config: Weiss2017Config | None = None, input_freq: int = 80, input_channels: int = 3,
+                 front: EncoderConfig | None = None) -> None:
         super().__init__()
         config = config if config is not None else Weiss2017Config()
         config.validate()
+        front = front if front is not None else EncoderConfig()
+        if front.branch is not None:
+            raise ValueError("Weiss2017Encoder front.branch must be null: the ConvLSTM convolves over the frequency "
+                             "axis, which a fused branch flattens away; use a front without encoder.branch")
         self.config = config
-        self.front = ConvEncoder(config.front, input_freq=input_freq, input_channels=input_channels)
+        self.front = ConvEncoder(front, input_freq=input_freq, input_channels=input_channels)
         self.front_freq = self.front.out_freq
         self.front_channels = self.front.out_channels
         self.convlstm = BiConvLSTM(self.front_channels, config.convlstm_filters, config.convlstm_kernel)
@@ -290,10 +244,7 @@ class Weiss2017Encoder(nn.Module):
         return self.front.min_input_frames
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        """``(B,)`` input frames -> ``(B,)`` int64 output frames (the conv front's).
-
-        Python only, like the front's: a scripted encoder returns the lengths from
-        ``forward``."""
+        """``(B,)`` input frames -> ``(B,)`` int64 output frames (the conv front's)."""
         return self.front.output_lengths(lengths)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

