@@ -1,8 +1,10 @@
 """`ConvEncoder`: strided 2-D conv front-end with exact lengths on padded batches.
 
 The default is the front of Weiss et al. 2017: two conv layers of 32 filters, 3x3,
-stride 2x2, TF SAME padding, batch norm and ReLU, turning ``(B, T, 80, 3)`` features
-into ``(B, ceil(T/4), 20, 32)``.
+stride 2x2, batch norm and ReLU, turning ``(B, T, 80, 3)`` features into
+``(B, ceil(T/4), 20, 32)``, with one zero frame and row of padding on each side (TF
+SAME's lengths, with an alignment that does not depend on the utterance's length, so
+the default streams; ``padding: same`` gives TF's rule).
 
 Each layer (:class:`ConvLayer`) runs four steps on ``(B, C, T, F)``:
 
@@ -64,7 +66,8 @@ def _time_formula(layers: list[LayerConfig]) -> str:
     """The output-length formula of a stack along time, e.g. ``ceil(ceil(T/2)/2)``."""
     expr = "T"
     for g in time_geometries(layers):
-        if g.padding in ("same", "causal"):
+        # same, causal and an odd kernel's half (L + 2p - k = L - 1) all give ceil(L / s)
+        if g.padding in ("same", "causal") or (isinstance(g.padding, int) and 2 * g.padding == g.kernel - 1):
             expr = f"ceil({expr}/{g.stride})"
         else:
             pad = 0 if g.padding == "valid" else 2 * int(g.padding)
@@ -228,7 +231,7 @@ class ConvEncoder(nn.Module):
     Args:
         config: layers, optional second branch, fusion and too-short policy;
             None for the default (Weiss et al. 2017: 2 x [32 filters, 3x3, stride 2x2,
-            SAME, batch norm, ReLU]).
+            padding 1, batch norm, ReLU]).
         input_freq: ``F`` of the input features (80 mel bins).
         input_channels: ``C`` of the input features (3: static, delta, delta-delta).
         flatten: return ``(B, T', F' * C')`` instead of ``(B, T', F', C')``, the input of
@@ -497,7 +500,7 @@ class ConvEncoder(nn.Module):
                     f"total length (for a {lc.time_geometry().kernel}-frame kernel with stride "
                     f"{lc.time_geometry().stride}: L mod {lc.time_geometry().stride}), so a stream, which does not "
                     f"know the length yet, cannot place its first output frame as the offline encoder does. Use "
-                    f"fixed alignment: padding 1 (one zero frame on each side, the encoder=streaming preset), 'valid', or "
+                    f"fixed alignment: padding 1 (one zero frame on each side, the default), 'valid', or "
                     f"'causal' (all padding before: no look-ahead)"
                 )
         stream = BatchedEncoderStream(list(self.branches[0].layers), self.input_freq, self.input_channels,

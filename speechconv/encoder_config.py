@@ -40,12 +40,15 @@ class LayerConfig:
     """One layer of the encoder.
 
     ``kind="conv"``: a 2-D convolution over (time, frequency) with ``filters`` output
-    channels, ``kernel`` and ``stride`` as ``[time, freq]``, ``padding`` ``"same"``
-    (TensorFlow SAME), ``"valid"``, ``"causal"`` (``k - 1`` zeros before, none after),
-    an int (zeros on both sides), or a ``[time, freq]`` pair of those (see
+    channels, ``kernel`` and ``stride`` as ``[time, freq]``, ``padding`` an int (zeros
+    on both sides; 1 by default), ``"same"`` (TensorFlow SAME), ``"valid"``, ``"causal"``
+    (``k - 1`` zeros before, none after), or a ``[time, freq]`` pair of those (see
     :mod:`speechconv.shapes`); then batch norm (optional), activation and dropout.
-    Only ``same`` puts a length-dependent padding before an utterance; the others have
-    fixed alignment and can stream.
+    Only ``same`` puts a length-dependent padding before an utterance (and so costs a
+    per-utterance copy of each layer's input); the others have fixed alignment and
+    stream.  For a 3x3 kernel at stride 2, padding 1 and SAME give the same lengths,
+    ``ceil(L / 2)``; they differ only in where an even-length input's one frame of
+    padding goes (SAME puts it after, padding 1 reads the zero before).
 
     ``kind="stack"``: frame stacking plus projection, an alternative to conv
     subsampling.  ``frames`` consecutive frames (all frequencies and channels) are
@@ -58,7 +61,7 @@ class LayerConfig:
     filters: int = 32
     kernel: list[int] = field(default_factory=lambda: [3, 3])
     stride: list[int] = field(default_factory=lambda: [2, 2])
-    padding: Any = "same"
+    padding: Any = 1
     batch_norm: bool = True
     activation: str = "relu"
     dropout: float = 0.0
@@ -122,8 +125,9 @@ class EncoderConfig:
     """The conv encoder: ``layers`` in order, optionally a second branch fused with it.
 
     Defaults are the front of Weiss et al. 2017: two conv layers of 32 filters, 3x3,
-    stride 2x2, SAME padding, batch norm and ReLU, turning ``T x 80 x 3`` into
-    ``ceil(T/4) x 20 x 32``.
+    stride 2x2, batch norm and ReLU, turning ``T x 80 x 3`` into ``ceil(T/4) x 20 x 32``,
+    with one zero frame and row of padding on each side (fixed alignment: it streams,
+    and TF SAME's lengths).
 
     Attributes:
         layers: the main branch.

@@ -17,6 +17,8 @@ under autograd, on every device, and trace into ``torch.export`` and ONNX graphs
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -82,6 +84,107 @@ def pad_per_utterance(
     return conv_layout(buf.view(b_size, span, f_pad, c_size))  # -> (B, span, F_pad, C) -> (B, C, span, F_pad)
 
 
+def _all_reduce(values: torch.Tensor) -> torch.Tensor:
+    """``values`` summed over the ranks of the default process group, in place."""
+    dist.all_reduce(values)
+    return values
+
+
+def _per_frame(frames: torch.Tensor, values: torch.Tensor, dims: int) -> torch.Tensor:
+    """``frames`` ``(B, T)`` (1 on valid frames) times ``values`` ``(C,)``, shaped to
+    broadcast against ``(B, C, T)`` (``dims=3``) or ``(B, C, T, F)`` (``dims=4``), with the
+    channels innermost in memory like a channels_last ``x``: an elementwise op on both then
+    writes channels_last too (and the next conv reads it without a reorder)."""
+    coefficient = (frames[:, :, None] * values).permute(0, 2, 1)  # (B, T, C) -> (B, C, T)
+    return coefficient if dims == 3 else coefficient[..., None]  # (B, C, T[, 1])
+
+
+def _valid_sums(grads: list[torch.Tensor], xs: list[torch.Tensor], mean: torch.Tensor,
+                invstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum g * (x - mean) * invstd, sum g)`` per channel over paired ``(1, C, t, ...)``
+    views (the valid frames of each utterance), in float64.  Each pair is one fused pass
+    of ``native_batch_norm_backward``, whose weight and bias gradients are these sums."""
+    total = torch.zeros(2, mean.shape[0], dtype=torch.float64, device=mean.device)
+    for g, x in zip(grads, xs, strict=True):
+        sums = torch.ops.aten.native_batch_norm_backward(g, x, None, None, None, mean, invstd, True, 0.0,
+                                                         [False, True, True])[1:]
+        total += torch.stack(sums).double()
+    return total[0], total[1]
+
+
+class _MaskedNorm(torch.autograd.Function):
+    """Batch norm over the valid frames of ``(B, C, T[, F])``, forward and backward.
+
+    Statistics: the sums run over each utterance's valid frames as views (``x[b:b+1, :,
+    :length]``), never over padding, in float64 across utterances and, when ``sync``,
+    ranks: the mean, then ``sum (x - mean)^2`` of the centred ``xc = x - mean``, which is
+    kept for the backward pass (where ``x`` itself is not needed).  Output: one
+    ``addcmul`` with a per-frame scale and shift that are zero on padding.
+
+    Backward, for ``g = dL/dout``: with ``xhat = xc * invstd`` and ``a = weight *
+    invstd``, ``dL/dx = a * (g - sum(g) / n - xhat * sum(g * xhat) / n)`` on valid frames
+    and 0 on padding, the sums over a channel's ``n`` valid values (per-utterance views
+    again); then two ``addcmul`` with per-frame coefficients.  Autograd of the same
+    forward costs about twice the passes over the batch (``bench/encoder.py``).
+    """
+
+    @staticmethod
+    def forward(ctx, x, lengths, frames, weight, bias, eps, sync):  # noqa: ANN001, ANN205
+        # x (B, C, T[, F]); lengths: B Python ints; frames (B, T) float, 1 on valid frames
+        valid = [(b, n) for b, n in enumerate(lengths) if n > 0]
+        head = torch.zeros(x.shape[1] + 1, dtype=torch.float64, device=x.device)  # sum x per channel, count
+        for b, n in valid:
+            view = x[b : b + 1, :, :n]  # (1, C, n[, F])
+            head[:-1] += view.sum([d for d in range(view.dim()) if d != 1]).double()
+        head[-1] = sum(lengths) * math.prod(x.shape[3:])
+        if sync:
+            _all_reduce(head)
+        count = float(head[-1])
+        if count <= 1:
+            raise ValueError(
+                f"MaskedBatchNorm needs more than 1 valid value per channel in training, got {int(count)} "
+                "(valid frames x frequency rows); use longer utterances or a larger batch"
+            )
+        mean = (head[:-1] / count).to(x.dtype)
+        xc = x - mean.view((-1,) + (1,) * (x.dim() - 2))  # (B, C, T[, F]), x's memory format
+        views = [xc[b : b + 1, :, :n] for b, n in valid]
+        zero, one = torch.zeros_like(mean), torch.ones_like(mean)
+        square, _ = _valid_sums(views, views, zero, one)  # sum (x - mean)^2
+        if sync:
+            _all_reduce(square)
+        var = (square / count).to(x.dtype)
+        invstd = torch.rsqrt(var + eps)
+        scale = invstd if weight is None else invstd * weight
+        shift = torch.zeros_like(mean) if bias is None else bias
+        out = torch.addcmul(_per_frame(frames, shift, x.dim()), xc, _per_frame(frames, scale, x.dim()))
+        ctx.save_for_backward(xc, frames, weight, invstd)
+        ctx.lengths, ctx.count, ctx.sync = lengths, count, sync
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var, count
+
+    @staticmethod
+    def backward(ctx, grad, _grad_mean, _grad_var, _grad_count):  # noqa: ANN001, ANN205
+        xc, frames, weight, invstd = ctx.saved_tensors
+        valid = [(b, n) for b, n in enumerate(ctx.lengths) if n > 0]
+        sum_gx, sum_g = _valid_sums([grad[b : b + 1, :, :n] for b, n in valid],
+                                    [xc[b : b + 1, :, :n] for b, n in valid], torch.zeros_like(invstd), invstd)
+        # The parameters' gradients are this rank's sums (DDP adds them over ranks); x's
+        # gradient needs the sums over every rank's frames, as the statistics did.
+        grad_weight, grad_bias = sum_gx.to(xc.dtype), sum_g.to(xc.dtype)
+        if ctx.sync:
+            sum_gx, sum_g = _all_reduce(torch.stack([sum_gx, sum_g])).unbind()
+        sum_gx, sum_g = sum_gx.to(xc.dtype), sum_g.to(xc.dtype)
+        a = invstd if weight is None else invstd * weight
+        k = -a * invstd * sum_gx / ctx.count  # times xc
+        c = -a * sum_g / ctx.count  # constant
+        grad_x = torch.addcmul(_per_frame(frames, c, xc.dim()), xc, _per_frame(frames, k, xc.dim()))
+        grad_x.addcmul_(grad, _per_frame(frames, a, xc.dim()))  # zero on padding frames
+        need = ctx.needs_input_grad
+        return (grad_x if need[0] else None, None, None,
+                grad_weight if weight is not None and need[3] else None,
+                grad_bias if need[4] else None, None, None)
+
+
 class MaskedBatchNorm(nn.modules.batchnorm._BatchNorm):
     """``nn.BatchNorm`` over ``(B, C, T, ...)`` whose statistics cover valid frames only.
 
@@ -95,24 +198,21 @@ class MaskedBatchNorm(nn.modules.batchnorm._BatchNorm):
     state dict loads into either.
 
     With ``sync = True`` (set by :func:`speechconv.training.sync_norm.sync_batch_norms`)
-    and a process group, training statistics cover the valid frames of every rank:
-    the per-channel sums are added over ranks by the functional ``all_reduce``
-    (``torch.distributed._functional_collectives``, which torch 2.14 names as the
-    replacement of the deprecated ``torch.distributed.nn.functional.all_reduce``), whose
-    backward adds the gradients over ranks too, so the result is what one process
-    computes on the whole batch.
+    and a process group, training statistics cover the valid frames of every rank: the
+    per-channel sums are added over ranks in the forward pass, and the two sums of the
+    backward pass too, so every rank computes what one process computes on the whole
+    batch (as ``nn.SyncBatchNorm`` does).
 
-    The statistics come from per-frame sums of ``x`` and ``x^2`` (the trailing axes
-    summed first, then the valid frames), and the output is one ``addcmul`` whose
-    per-frame scale and shift are zero on padding frames, so it is exactly zero past
-    each length (every activation of the encoder maps 0 to 0, so it stays zero after
-    them).  Plain autograd ops: autograd's backward of these sums and of the scale
-    costs a few more passes over the batch than ``nn.BatchNorm2d``'s fused kernel
-    (``bench/encoder.py``).
+    Training runs :class:`_MaskedNorm` (plain ops forward, the gradient written out);
+    eval is one ``addcmul`` with the running statistics.  Either way the output is
+    exactly zero past each length (every activation of the encoder maps 0 to 0, so it
+    stays zero after them).
 
     Shapes:
         ``forward(x, mask)``: ``x`` ``(B, C, T)`` or ``(B, C, T, F)``; ``mask`` ``(B, T)``
-        bool, True on valid frames -> the shape of ``x``, zero where ``mask`` is False.
+        bool, True on each utterance's valid frames, which come first
+        (:func:`speechconv.shapes.make_pad_mask`) -> the shape of ``x``, zero where
+        ``mask`` is False.
     """
 
     sync: bool = False
@@ -127,59 +227,27 @@ class MaskedBatchNorm(nn.modules.batchnorm._BatchNorm):
         if mask.shape != x.shape[0:1] + x.shape[2:3]:
             raise ValueError(f"MaskedBatchNorm expected a mask of shape {[x.shape[0], x.shape[2]]} (B, T), "
                              f"got {list(mask.shape)}")
+        frames = mask.to(x.dtype)  # (B, T)
         if self.training or not self.track_running_stats:
-            rows = x.movedim(1, -1).reshape(x.shape[0], x.shape[2], -1, x.shape[1])  # (B, C, T[, F]) -> (B, T, F, C)
-            mean, var = self._batch_stats(rows, mask.to(x.dtype)[:, :, None, None])  # (B, T) -> (B, T, 1, 1)
-        else:
-            mean, var = self.running_mean, self.running_var
-        scale = torch.rsqrt(var + self.eps)
+            syncing = self.sync and self.training and dist.is_available() and dist.is_initialized()
+            lengths = mask.sum(1)
+            if not torch.equal(mask, torch.arange(mask.shape[1], device=mask.device) < lengths[:, None]):
+                raise ValueError("MaskedBatchNorm expected a mask whose valid frames start each utterance "
+                                 "(shapes.make_pad_mask(lengths, T)); got one with gaps")
+            lengths = lengths.tolist()
+            out, mean, var, count = _MaskedNorm.apply(x, lengths, frames, self.weight, self.bias, self.eps, syncing)
+            if self.training and self.track_running_stats:
+                self._update_running(mean, var, count)
+            return out
+        scale = torch.rsqrt(self.running_var + self.eps)
         if self.weight is not None:
             scale = scale * self.weight
-        shift = -mean * scale
+        shift = -self.running_mean * scale
         if self.bias is not None:
             shift = shift + self.bias
-        # Per-frame scale and shift, zero on padding frames: (B, T, 1, C), channels
-        # innermost like x's channels_last memory, as (B, C, T, 1) (or (B, C, T)).
-        m = mask.to(x.dtype)[:, :, None, None]  # (B, T) -> (B, T, 1, 1)
-        frame_scale, frame_shift = ((m * v).movedim(-1, 1).reshape(x.shape[:3] + (1,) * (x.dim() - 3))
-                                    for v in (scale, shift))
-        return torch.addcmul(frame_shift, x, frame_scale)  # a new tensor in x's memory format
+        return torch.addcmul(_per_frame(frames, shift, x.dim()), x, _per_frame(frames, scale, x.dim()))
 
-    def _batch_stats(self, rows: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and biased variance ``(C,)`` over the valid frames of ``(B, T, F, C)`` rows
-        (``m`` ``(B, T, 1, 1)``, 1 on valid frames), summed over ranks when syncing, and
-        the running statistics updated.
-
-        One pass: per-frame sums of ``x`` and ``x^2`` (float32, ``F`` values each) are
-        added over frames in float64, and the variance is ``E[x^2] - E[x]^2`` there; its
-        relative error is within float32's rounding times ``1 + mean^2 / var`` (1.8e-6 at
-        a mean of 10 standard deviations, tests/test_masking.py), where two passes would
-        need a batch-sized ``x - mean`` and its backward."""
-        syncing = self.sync and self.training and dist.is_available() and dist.is_initialized()
-        m = m.double()
-        count = m.sum() * rows.shape[2]  # valid values per channel (this rank)
-        # Per-frame sums of x^2: x * x.detach() has their value and half their gradient (2x),
-        # which 2 * s - s.detach() restores: one product in backward, where square() takes three.
-        half = (rows * rows.detach()).sum(2, keepdim=True)  # (B, T, 1, C)
-        frames = torch.cat([rows.sum(2, keepdim=True), 2 * half - half.detach()], dim=3)  # (B, T, 1, 2C)
-        sums = torch.cat([(frames.double() * m).sum((0, 1, 2)), count[None]])  # (2C + 1,)
-        if syncing:
-            from torch.distributed._functional_collectives import all_reduce  # only where torch.distributed is
-
-            sums = all_reduce(sums, "sum", dist.group.WORLD)
-        count = sums[-1].detach()
-        if self.training and int(count) <= 1:
-            raise ValueError(
-                f"MaskedBatchNorm needs more than 1 valid value per channel in training, got {int(count)} "
-                "(valid frames x frequency rows); use longer utterances or a larger batch"
-            )
-        mean, square = (sums[:-1] / count).chunk(2)
-        mean, var = mean.to(rows.dtype), (square - mean * mean).clamp(min=0).to(rows.dtype)
-        if self.training and self.track_running_stats:
-            self._update_running(mean.detach(), var.detach(), count)
-        return mean, var
-
-    def _update_running(self, mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor) -> None:
+    def _update_running(self, mean: torch.Tensor, var: torch.Tensor, count: float) -> None:
         """``nn.BatchNorm2d``'s update from ``(C,)`` statistics over ``count`` values per channel."""
         assert self.running_mean is not None and self.running_var is not None and self.num_batches_tracked is not None
         with torch.no_grad():

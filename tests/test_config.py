@@ -48,9 +48,9 @@ def test_defaults_are_the_make_run_setup():
         "train", "conv", "ctc", "digits", "cpu")
     assert (cfg.features.n_mels, cfg.features.win_length, cfg.features.hop_length, cfg.features.n_channels) == (
         80, 400, 160, 3)
-    # the paper's front: 2 x [32 filters, 3x3, stride 2x2, SAME, batch norm, ReLU]
+    # the paper's front: 2 x [32 filters, 3x3, stride 2x2, padding 1, batch norm, ReLU]
     assert [(lc.filters, list(lc.kernel), list(lc.stride), lc.padding, lc.batch_norm, lc.activation)
-            for lc in cfg.encoder.layers] == [(32, [3, 3], [2, 2], "same", True, "relu")] * 2
+            for lc in cfg.encoder.layers] == [(32, [3, 3], [2, 2], 1, True, "relu")] * 2
 
 
 @pytest.mark.parametrize("override", [f"{g}={n}" for g in GROUPS for n in presets(g)])
@@ -97,7 +97,7 @@ def test_validate_names_key_and_range(overrides, key, hint):
 
 def test_same_padding_kernel_larger_than_input_warns():
     with pytest.warns(UserWarning, match=r"encoder\.layers\.0\.kernel=\[3, 100\] spans 100 rows of an input of 80"):
-        validate(compose(["encoder.layers.0.kernel=[3,100]"]))
+        validate(compose(["encoder=tf_same", "encoder.layers.0.kernel=[3,100]"]))
 
 
 def test_config_round_trips_through_a_plain_dict():

@@ -114,10 +114,12 @@ def single_run(tmp_path_factory, fsdd):
     return _one_process(fsdd, out), out
 
 
-WEIGHT_RTOL = 2e-6
+WEIGHT_RTOL = 1e-5
 """Final weights of a run that changed its number of ranks mid-way against the one-process
-run, relative to the largest weight: the same sums in another order for part of the run
-(measured: 5.4e-7 from 2 ranks to one, 2.3e-7 from one to 2 ranks)."""
+run, relative to the largest weight: the same sums in another order for part of the run,
+which AdamW's normalised steps amplify where a gradient is near zero (measured: 2.9e-6
+from 2 ranks to one, 5.9e-8 from one to 2 ranks).  A resume that went wrong (another
+batch, a lost optimizer state) moves weights by about the learning rate, 2e-3 a step."""
 
 
 def _assert_weights_close(got: dict, want: dict) -> None:

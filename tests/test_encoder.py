@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from speechconv import encoder
+from speechconv import encoder, shapes
 from speechconv.encoder import ConvEncoder, fold_batch_norms
 from speechconv.encoder_config import EncoderConfig, LayerConfig
 
@@ -129,16 +129,18 @@ def test_eval_matches_plain_modules_per_utterance(padding) -> None:
         assert (out[b, ref.shape[0]:] == 0).all()
 
 
-def test_train_without_padding_matches_plain_modules() -> None:
+@pytest.mark.parametrize("padding", [1, "same"])
+def test_train_without_padding_matches_plain_modules(padding) -> None:
     """Equal lengths: the masked batch norm is nn.BatchNorm2d, outputs and running stats."""
     torch.manual_seed(2)
-    layers = [LayerConfig(), LayerConfig(activation="gelu")]
+    layers = [LayerConfig(padding=padding), LayerConfig(padding=padding, activation="gelu")]
     enc = ConvEncoder(EncoderConfig(layers=layers)).train()
     x = torch.randn(4, 23, 80, 3)
     ref_mods = []
     ref = x.permute(0, 3, 1, 2)  # (B, T, F, C) -> (B, C, T, F)
     for lc, layer in zip(layers, enc.branches[0].layers, strict=True):
-        ref = nn.functional.pad(ref, (*_tf_same(ref.shape[3], 3, 2), *_tf_same(ref.shape[2], 3, 2)))
+        pads = (1, 1, 1, 1) if padding == 1 else (*_tf_same(ref.shape[3], 3, 2), *_tf_same(ref.shape[2], 3, 2))
+        ref = nn.functional.pad(ref, pads)
         conv, bn = nn.Conv2d(ref.shape[1], 32, 3, 2, bias=False), nn.BatchNorm2d(32)
         conv.load_state_dict(layer.conv.state_dict())
         ref = bn(conv(ref))
@@ -297,7 +299,7 @@ def test_freq_kernel_larger_than_input_is_a_config_error() -> None:
 @pytest.mark.parametrize("fusion", ["mix", "gated", "concat", "sum"])
 def test_two_branches_fuse_flattened_outputs(fusion: str) -> None:
     torch.manual_seed(3)
-    # Main: 2 x stride 2 SAME -> ceil(ceil(T/2)/2) = ceil(T/4), D = 20*32 = 640.
+    # Main: 2 x stride 2, padding 1 -> ceil(ceil(T/2)/2) = ceil(T/4), D = 20*32 = 640.
     # Branch: stack 4 frames -> ceil(T/4), F' = 1, 640 filters.
     cfg = EncoderConfig(branch=[LayerConfig(kind="stack", frames=4, filters=640)], fusion=fusion)
     enc = ConvEncoder(cfg).eval()
@@ -306,6 +308,7 @@ def test_two_branches_fuse_flattened_outputs(fusion: str) -> None:
     x, lengths = torch.randn(3, 26, 80, 3), torch.tensor([26, 9, 1])
     out, out_len = enc(x, lengths)
     assert out.shape == (3, 7, dim) and out_len.tolist() == [7, 3, 1]
+    x = x * shapes.make_pad_mask(lengths, 26)[:, :, None, None]  # a branch reads zeros past each length
     main, _ = enc.branches[0](x.permute(0, 3, 1, 2), lengths)  # (B, T, F, C) -> (B, C, T, F)
     side, _ = enc.branches[1](x.permute(0, 3, 1, 2), lengths)
     main = main.permute(0, 2, 3, 1).reshape(3, 7, 640)  # (B, C', T', F') -> (B, T', F'*C')

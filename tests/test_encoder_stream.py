@@ -195,13 +195,16 @@ def test_batched_streams_finish_and_start_over_independently(data) -> None:
             torch.testing.assert_close(mine, want, rtol=0, atol=ATOL)
 
 
-def test_the_streaming_preset_streams_the_default_shapes() -> None:
-    """``configs/encoder/streaming.yaml`` (padding 1): the default's shapes
+def test_the_default_encoder_streams_and_the_tf_same_preset_does_not() -> None:
+    """The default front (padding 1, what ``python train.py`` builds): SAME's shapes
     (ceil(T/4) x 20 x 32), 3 frames of look-ahead, and the offline frames of real
-    features, frame by frame."""
+    features, frame by frame; ``encoder=tf_same`` is refused with the reason."""
     from speechconv.config import compose, validate
 
-    cfg = validate(compose(["encoder=streaming"]), check_mode=False).encoder
+    same = validate(compose(["encoder=tf_same"]), check_mode=False).encoder
+    with pytest.raises(ValueError, match=r"encoder.layers.0 pads time with TF SAME.*padding 1"):
+        ConvEncoder(same.conv_config()).eval().streaming()
+    cfg = validate(compose([]), check_mode=False).encoder
     enc = ConvEncoder(cfg.conv_config()).eval()
     randomise_batch_norms(enc, 0)
     stream = enc.streaming()
@@ -221,7 +224,7 @@ def test_the_streaming_preset_streams_the_default_shapes() -> None:
 def test_same_padding_cannot_stream_and_says_what_to_use() -> None:
     with pytest.raises(ValueError, match=r"encoder.layers.0 pads time with TF SAME.*L mod 2.*padding 1.*'valid'.*"
                                          r"'causal'"):
-        ConvEncoder().eval().streaming()
+        ConvEncoder(EncoderConfig(layers=[LayerConfig(padding="same")] * 2)).eval().streaming()
     with pytest.raises(ValueError, match="eval-mode"):
         ConvEncoder(EncoderConfig(layers=[LayerConfig(padding=1)])).streaming()
     two = EncoderConfig(layers=[LayerConfig(padding="causal", stride=[4, 4])],

@@ -166,7 +166,9 @@ def test_concat_joins_branches_of_different_width_and_the_forward_agrees():
 
 
 def test_the_summary_says_whether_the_encoder_streams():
-    assert "streaming: no (layers.0 pads time with TF SAME" in describe().to_text()
+    tf_same = EncoderConfig(layers=[LayerConfig(padding="same"), LayerConfig(padding="same")])
+    assert "streaming: no (layers.0 pads time with TF SAME" in describe(encoder=tf_same).to_text()
+    assert describe().look_ahead == 3 and "streaming: yes (fixed alignment)" in describe().to_text()  # the default
     causal = EncoderConfig(layers=[LayerConfig(padding=["causal", "same"]), LayerConfig(padding="causal")])
     d = describe(encoder=causal)
     assert d.look_ahead == 0 and "streaming: yes (fixed alignment), 0 frames = 0 ms of look-ahead" in d.to_text()

@@ -225,3 +225,25 @@ def test_conv_layout_avoids_onednn_single_channel_bug(channels: int) -> None:
             with torch.backends.mkldnn.flags(enabled=False):
                 want = nn.functional.conv2d(x.permute(0, 3, 1, 2).contiguous(), w, None, stride)  # (B, C, T, F)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_mask_with_gaps_is_refused() -> None:
+    norm = masking.MaskedBatchNorm(4)
+    mask = torch.tensor([[True, False, True], [True, True, False]])
+    with pytest.raises(ValueError, match="valid frames start each utterance"):
+        norm(torch.randn(2, 4, 3, 5), mask)
+
+
+def test_gradients_match_finite_differences() -> None:
+    """The written-out backward against torch's numerical gradient (float64): input,
+    weight and bias, with padding frames and a frequency axis."""
+    torch.manual_seed(0)
+    mask = _mask([5, 3, 1], 6)
+    x = torch.randn(3, 3, 6, 2, dtype=torch.float64, requires_grad=True)
+    weight = torch.empty(3, dtype=torch.float64).uniform_(0.5, 1.5).requires_grad_()
+    bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+
+    def norm(x, weight, bias):
+        return masking._MaskedNorm.apply(x, mask.sum(1).tolist(), mask.double(), weight, bias, 1e-5, False)[0]
+
+    assert torch.autograd.gradcheck(norm, (x, weight, bias))

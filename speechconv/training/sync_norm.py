@@ -4,11 +4,11 @@ Under DDP each rank sees only its shard of the global batch; batch norm with per
 statistics would normalise each shard by its own mean and variance, so the result
 would depend on the number of ranks.  ``torch.nn.SyncBatchNorm`` needs a GPU and has
 no masking.  :class:`speechconv.masking.MaskedBatchNorm` syncs itself when its
-``sync`` flag is set: its per-channel sums are added over ranks with the functional,
-autograd-aware ``all_reduce`` (whose backward adds the gradients over ranks), which is
-what one process computes on the concatenated global batch, up
-to the order of float sums; the running statistics stay identical on every rank.
-"""
+``sync`` flag is set: its per-channel sums are added over ranks with
+``torch.distributed.all_reduce`` in the forward pass, and the two sums its gradient
+needs in the backward pass, as ``nn.SyncBatchNorm`` does; that is what one process
+computes on the concatenated global batch, up to the order of float sums, and the
+running statistics stay identical on every rank."""
 
 from __future__ import annotations
 
