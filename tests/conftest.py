@@ -28,18 +28,6 @@ def fsdd(tmp_path_factory) -> Path:
     return tiny_fsdd(tmp_path_factory.mktemp("fsdd"))
 
 
-@pytest.fixture(params=["kernels", "eager"])
-def feature_path(request, monkeypatch) -> str:
-    """Run a test on both paths of the feature stage on the CPU: the fused kernels
-    (``speechconv.kernels``, the CPU default: the C++ ops, or the numba kernels where no
-    compiler is found, the same bits by ``test_native.py``) and the eager torch ops
-    (other devices)."""
-    from speechconv import kernels
-
-    monkeypatch.setattr(kernels, "ENABLED", request.param == "kernels")
-    return request.param
-
-
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
