@@ -3,8 +3,6 @@ padded batch, frame counts == shapes.py, the 1-D API, degenerate audio and input
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -12,29 +10,15 @@ from hypothesis import strategies as st
 
 from speechconv import FeatureConfig, shapes
 from speechconv.features import LogMelDeltas, pipeline
+from tests.conftest import CHANNEL_SETS
 
 COMBOS = [(backend, framing) for backend in ("torchaudio", "kaldi") for framing in ("kaldi", "center")]
 MODULES = {combo: LogMelDeltas(FeatureConfig(backend=combo[0], framing=combo[1])) for combo in COMBOS}
-CHANNEL_SETS = [list(p) for n in (1, 2, 3) for p in itertools.permutations(["static", "delta", "delta_delta"], n)]
-
-
-@pytest.fixture(scope="module")
-def stats_files(tmp_path_factory) -> dict[tuple[str, ...], str]:
-    """A global statistics file per channel set (random, but plausible, mean and std)."""
-    folder = tmp_path_factory.mktemp("stats")
-    gen = torch.Generator().manual_seed(5)
-    files = {}
-    for channels in CHANNEL_SETS:
-        path = folder / ("-".join(channels) + ".pt")
-        torch.save({"mean": torch.randn(80, len(channels), generator=gen) * 3,
-                    "std": torch.rand(80, len(channels), generator=gen) + 0.5, "channels": channels}, path)
-        files[tuple(channels)] = str(path)
-    return files
 
 
 def random_batch(lengths: list[int], seed: int) -> torch.Tensor:
-    """``(B, S)``: each utterance speech-like noise, the padding loud noise (which must
-    never reach an utterance's features)."""
+    """``(B, S)`` noise, beyond each utterance's length too: the padding must never
+    reach an utterance's features."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(len(lengths), max(lengths), generator=gen) * 0.3
 
@@ -48,10 +32,10 @@ def random_batch(lengths: list[int], seed: int) -> torch.Tensor:
     normalization=st.sampled_from(["none", "global"]),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_batched_equals_alone_bit_for_bit(stats_files, combo, lengths, order2, channels, normalization, seed):
+def test_batched_equals_alone_bit_for_bit(global_stats_files, combo, lengths, order2, channels, normalization, seed):
     module = LogMelDeltas(FeatureConfig(
         backend=combo[0], framing=combo[1], order2=order2, channels=channels, normalization=normalization,
-        global_stats_path=stats_files[tuple(channels)] if normalization == "global" else None))
+        global_stats_path=global_stats_files[tuple(channels)] if normalization == "global" else None))
     batch = random_batch(lengths, seed)
     features, frame_lengths = module(batch, torch.tensor(lengths))
     T = features.shape[1]

