@@ -55,6 +55,11 @@ class LogMelDeltas(nn.Module):
     Buffers: ``window`` ``(win,)``, ``mel_matrix`` ``(n_fft//2 + 1, F)``, ``dft_basis``
     ``(n_fft, n_fft + 2)`` with ``dft="matrix"``, and with ``normalization="global"``,
     ``global_mean`` and ``global_std`` ``(F, C)`` read from ``config.global_stats_path``.
+
+    Exports with ``torch.export`` and ``torch.onnx.export(dynamo=True)`` with a dynamic
+    batch and length: an exported graph takes batches of at least two frames
+    (torch.export specialises sizes 0 and 1: ``S >= win + hop`` with ``kaldi`` framing),
+    and does not check ``lengths`` (eager calls raise for lengths outside ``[0, S]``).
     """
 
     def __init__(self, config: FeatureConfig | Mapping[str, Any] | None = None, dft: str = "fft") -> None:
