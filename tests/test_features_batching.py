@@ -99,6 +99,8 @@ def test_silence_and_short_audio(combo):
     assert lengths[0] == 0 and features[0].abs().max() == 0
     features, lengths = module(torch.randn(3, short), torch.tensor([short, 0, short]))  # no frame in the batch
     assert features.shape == (3, 0, 80, 3) and lengths.tolist() == [0, 0, 0]
+    features, lengths = module(torch.randn(0, 16000), torch.zeros(0, dtype=torch.int64))  # an empty batch
+    assert features.shape == (0, shapes.frames_from_samples(16000, 400, 160, combo[1]), 80, 3) and lengths.shape == (0,)
 
 
 def test_defaults_and_one_dimensional_api():

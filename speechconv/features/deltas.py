@@ -75,7 +75,7 @@ def edge_gather(x: torch.Tensor, lengths: torch.Tensor, before: int, after: int)
     index = torch.minimum(u, lengths[:, None] - 1).clamp_min(0)  # (B, T'): frame of each position
     rows = index + torch.arange(B, device=x.device)[:, None] * T  # (B, T'): its row in (B*T, F)
     # whole rows by index_select: 10x faster than gather's element-wise index here
-    return x.reshape(B * T, F).index_select(0, rows.view(-1)).view(B, -1, F)  # (B*T, F) -> (B, T', F)
+    return x.reshape(B * T, F).index_select(0, rows.view(-1)).view(B, rows.shape[1], F)  # (B*T, F) -> (B, T', F)
 
 
 def regression(padded: torch.Tensor, window: int) -> torch.Tensor:

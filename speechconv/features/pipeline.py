@@ -142,8 +142,8 @@ def log_mel_deltas(
     B, S = waveforms.shape
     frame_lengths = shapes.frames_from_samples_tensor(lengths, config.win_length, config.hop_length, config.framing)
     T = shapes.frames_from_samples(S, config.win_length, config.hop_length, config.framing)
-    if T == 0:
-        return waveforms.new_zeros(B, 0, config.n_mels, config.n_channels), frame_lengths
+    if B == 0 or T == 0:
+        return waveforms.new_zeros(B, T, config.n_mels, config.n_channels), frame_lengths
     padded = fbank.pad_for_framing(waveforms, lengths, config, generator)  # (B, S')
     static = static_log_mel(padded, T, config, window, mel, basis)  # (B, T, F)
     # Statics past an utterance's frames may be inf or NaN (kaldi framing reads the batch's
