@@ -22,7 +22,6 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/features.py
-	$(PY) bench/kernels.py
 	$(PY) bench/encoder.py
 
 lint: $(STAMP)

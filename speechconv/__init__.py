@@ -17,7 +17,7 @@ _EXPORTS = {
     "load_audio": "speechconv.audio",
     "FeatureConfig": "speechconv.feature_config",
     "LogMelDeltas": "speechconv.features",
-    "compute_global_stats": "speechconv.cmvn",
+    "compute_global_stats": "speechconv.features",
     "plot_features": "speechconv.plot",
     "LayerConfig": "speechconv.encoder_config",
     "EncoderConfig": "speechconv.encoder_config",

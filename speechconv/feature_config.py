@@ -59,9 +59,13 @@ class FeatureConfig:
             ``cascade`` (delta of the delta, torchaudio's compute_deltas twice).  The two
             differ only within 4 frames of the edges.
         channels: which of ``static``, ``delta``, ``delta_delta`` to stack as ``C``.
-        normalization: ``none``; ``utterance`` (per-bin mean and variance over each
-            utterance's valid frames); ``global`` (statistics from
-            :func:`speechconv.compute_global_stats`, loaded from ``global_stats_path``).
+        normalization: ``none`` (the default: the features as computed, the same bits
+            alone, in any batch and streamed); ``utterance`` (per-bin mean and variance
+            over each utterance's valid frames: needs the whole utterance, so it cannot
+            stream, and its sums follow the batch's padded length, so batched equals
+            alone only to float rounding); ``global`` (statistics from
+            :func:`speechconv.compute_global_stats`, loaded from ``global_stats_path``;
+            streams exactly).
         backend: ``torchaudio`` (torchaudio's mel filterbank and deltas, batched) or
             ``kaldi`` (numerically Kaldi's compute-fbank-feats + add-deltas).
         preemphasis, remove_dc_offset, window: framing details of the ``kaldi``

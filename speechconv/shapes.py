@@ -107,6 +107,47 @@ def min_samples_for_frames(num_frames: int, win_length: int, hop_length: int, fr
     raise ValueError(f"framing must be one of {FRAMINGS}, got {framing!r}")
 
 
+def window_lead(win_length: int, n_fft: int, framing: str) -> int:
+    """Samples by which frame ``t``'s window starts before sample ``t*hop``.
+
+    ``kaldi``: 0 (the window covers ``[t*hop, t*hop + win)``).  ``center``: torch.stft
+    pads ``n_fft // 2`` samples in front and puts the window ``(n_fft - win) // 2``
+    into each ``n_fft`` frame, so the window covers ``[t*hop - lead, t*hop - lead + win)``
+    with ``lead = n_fft // 2 - (n_fft - win) // 2`` (200 at 400/512).
+    """
+    if framing == "kaldi":
+        return 0
+    if framing == "center":
+        return n_fft // 2 - (n_fft - win_length) // 2
+    raise ValueError(f"framing must be one of {FRAMINGS}, got {framing!r}")
+
+
+def stream_look_ahead(win_length: int, hop_length: int, n_fft: int, framing: str, context_frames: int) -> int:
+    """Samples past sample ``t*hop`` that a feature stream must have read before frame ``t`` is final.
+
+    Frame ``t``'s deltas read the statics of frames up to ``t + P`` (``P =
+    context_frames``: 0 for statics alone, ``N`` for deltas, ``2N`` with
+    delta-deltas), and frame ``t + P``'s window ends at sample
+    ``(t + P)*hop - lead + win`` (:func:`window_lead`), so the look-ahead is
+    ``P*hop + win - lead``: 1040 samples (65 ms) at the defaults with ``kaldi``
+    framing and delta-deltas, 840 (52.5 ms) with ``center`` framing.
+    """
+    return context_frames * hop_length + win_length - window_lead(win_length, n_fft, framing)
+
+
+def stream_frames_ready(num_samples: int, win_length: int, hop_length: int, n_fft: int, framing: str,
+                        context_frames: int) -> int:
+    """Frames a feature stream has made final after ``num_samples`` samples (before ``finish``).
+
+    Frame ``t`` is final once ``num_samples >= t*hop + L`` (``L``:
+    :func:`stream_look_ahead`), so ``1 + (num_samples - L) // hop`` frames are, or 0
+    while ``num_samples < L``.  The frames of the last ``L`` samples come with
+    ``finish``, which makes the total :func:`frames_from_samples`.
+    """
+    look_ahead = stream_look_ahead(win_length, hop_length, n_fft, framing, context_frames)
+    return 0 if num_samples < look_ahead else 1 + (num_samples - look_ahead) // hop_length
+
+
 # ------------------------------------------------------------------ one conv axis
 
 PADDINGS = ("same", "valid", "causal")

@@ -13,9 +13,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from speechconv import FeatureConfig, cmvn
+from speechconv import FeatureConfig, compute_global_stats
 from speechconv.audio import load_audio
-from speechconv.features import LogMelDeltas
+from speechconv.features import LogMelDeltas, cmvn
+from speechconv.features.cli import main
 from tests.conftest import SPEECH_CLIPS
 
 
@@ -33,6 +34,17 @@ def test_utterance_cmvn_matches_numpy_over_valid_frames(lengths, seed):
         valid = x[b, :n].astype(np.float64)
         std = np.maximum(valid.std(axis=0), cmvn.STD_FLOOR)  # population std, per (bin, channel)
         np.testing.assert_allclose(out[b, :n], (valid - valid.mean(axis=0)) / std, atol=1e-4, rtol=1e-4)
+
+
+@settings(max_examples=20, deadline=None)
+@given(lengths=st.lists(st.integers(1, 30), min_size=1, max_size=4), seed=st.integers(0, 2**31 - 1))
+def test_utterance_cmvn_per_channel_equals_on_the_stacked_features(lengths, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(lengths), max(lengths), 5, 3, generator=gen)
+    lens = torch.tensor(lengths)
+    stacked = cmvn.utterance_cmvn(x, lens)
+    for c in range(3):
+        torch.testing.assert_close(cmvn.utterance_cmvn(x[..., c], lens), stacked[..., c], atol=1e-6, rtol=0)
 
 
 def test_utterance_normalisation_in_the_module_is_batched_equals_single():
@@ -56,7 +68,7 @@ def clips():
 
 def test_global_stats_match_numpy_and_load_weights_only(tmp_path, clips):
     cfg = FeatureConfig(backend="kaldi")
-    path = cmvn.compute_global_stats(clips, cfg, tmp_path / "stats" / "cmvn.pt")
+    path = compute_global_stats(clips, cfg, tmp_path / "stats" / "cmvn.pt")
     assert path.is_file() and not list(path.parent.glob(".*tmp*"))
     stats = torch.load(path, weights_only=True)
     plain = LogMelDeltas(cfg)
@@ -80,29 +92,34 @@ def test_global_stats_match_numpy_and_load_weights_only(tmp_path, clips):
     assert not batch[1, int(lengths[1]) :].any()
 
 
-def test_global_stats_from_a_manifest_and_a_file_list(tmp_path, clips):
+def test_global_stats_from_waveforms_paths_a_manifest_and_a_file_list(tmp_path, clips):
+    """compute_global_stats takes waveforms or paths; manifests and file lists are read
+    by the command line (``--global-stats``), which gives the same statistics."""
     cfg = FeatureConfig()
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps({"audio_filepath": str(p), "text": "x"}) + "\n" for p in clips))
     listing = tmp_path / "files.txt"
     listing.write_text("\n".join(str(p) for p in clips) + "\n")
-    a = torch.load(cmvn.compute_global_stats(manifest, cfg, tmp_path / "a.pt"), weights_only=True)
-    b = torch.load(cmvn.compute_global_stats(listing, cfg, tmp_path / "b.pt"), weights_only=True)
-    c = torch.load(cmvn.compute_global_stats(clips, cfg, tmp_path / "c.pt"), weights_only=True)
-    for other in (b, c):
-        torch.testing.assert_close(a["mean"], other["mean"])
-        torch.testing.assert_close(a["std"], other["std"])
+    a = torch.load(compute_global_stats(clips, cfg, tmp_path / "a.pt"), weights_only=True)
+    waves = [load_audio(p, 16000) for p in clips]
+    compute_global_stats(iter(waves), cfg, tmp_path / "b.pt")
+    assert main([str(manifest), "--global-stats", str(tmp_path / "c.pt")]) == 0
+    assert main([str(listing), "--global-stats", str(tmp_path / "d.pt")]) == 0
+    for name in ("b", "c", "d"):
+        other = torch.load(tmp_path / f"{name}.pt", weights_only=True)
+        assert torch.equal(a["mean"], other["mean"]) and torch.equal(a["std"], other["std"]), name
+        assert other["count"] == a["count"]
 
 
 def test_global_stats_errors(tmp_path, clips):
-    with pytest.raises(ValueError, match="no audio files"):
-        cmvn.compute_global_stats([], FeatureConfig(), tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="no audio"):
+        compute_global_stats([], FeatureConfig(), tmp_path / "x.pt")
     tiny = tmp_path / "tiny.wav"
     sf.write(tiny, np.zeros(100, dtype=np.float32), 16000)
     with pytest.raises(ValueError, match="long enough"):
-        cmvn.compute_global_stats([tiny], FeatureConfig(), tmp_path / "x.pt")
+        compute_global_stats([tiny], FeatureConfig(), tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists()
-    path = cmvn.compute_global_stats(clips[:1], FeatureConfig(n_mels=40), tmp_path / "40.pt")
+    path = compute_global_stats(clips[:1], FeatureConfig(n_mels=40), tmp_path / "40.pt")
     with pytest.raises(ValueError, match="expected \\(F, C\\) = \\(80, 3\\)"):
         LogMelDeltas(FeatureConfig(normalization="global", global_stats_path=str(path)))
     with pytest.raises(ValueError, match="cannot be read"):

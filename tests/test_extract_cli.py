@@ -1,8 +1,10 @@
-"""The batch extraction CLI: outputs, per-file failures, name clashes, usage errors, atomicity."""
+"""The batch extraction CLI (``python -m speechconv.features``): outputs, manifests and
+file lists, global statistics, per-file failures, name clashes, usage errors, atomicity."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -15,10 +17,10 @@ import soundfile as sf
 import torch
 from conftest import FIXTURES, ROOT
 
-import speechconv.features as features_module
 from speechconv.audio import load_audio
-from speechconv.extract_cli import main, output_stems
 from speechconv.feature_config import FeatureConfig
+from speechconv.features import LogMelDeltas
+from speechconv.features.cli import main, output_stems
 
 JFK = FIXTURES / "jfk.flac"  # 44.1 kHz stereo 24-bit FLAC
 OGG = FIXTURES / "198-209-0000.ogg"  # 22.05 kHz Ogg Vorbis
@@ -47,7 +49,7 @@ def test_good_and_bad_files(tmp_path: Path, corrupt: Path, capsys: pytest.Captur
     assert sorted(p.name for p in out.iterdir()) == ["198-209-0000.png", "198-209-0000.pt", "yes_1000ms.png",
                                                      "yes_1000ms.pt"]  # no .tmp, nothing for the bad file
     config = FeatureConfig()
-    extractor = features_module.LogMelDeltas(config).eval()
+    extractor = LogMelDeltas(config).eval()
     for source in (YES, OGG):
         saved = _load(out / f"{source.stem}.pt")
         assert set(saved) == {"features", "num_frames", "sample_rate", "config", "source"}
@@ -136,11 +138,39 @@ def test_a_crash_while_saving_leaves_no_file(tmp_path: Path, monkeypatch: pytest
     assert list(tmp_path.iterdir()) == []
 
 
+def test_manifest_and_file_list_inputs(tmp_path: Path) -> None:
+    """A manifest's rows (paths relative to its folder) and a file list's lines are
+    extracted like files named on the command line; bad manifest rows are failures."""
+    (tmp_path / "audio").mkdir()
+    for clip in (YES, NO):
+        (tmp_path / "audio" / clip.name).symlink_to(clip)
+    manifest = tmp_path / "audio" / "m.jsonl"
+    manifest.write_text(json.dumps({"audio_filepath": YES.name, "text": "yes"}) + "\n")
+    listing = tmp_path / "audio" / "files.txt"
+    listing.write_text(f"{NO.name}\n\n")
+    out = tmp_path / "out"
+    assert main([str(manifest), str(listing), "--out", str(out), "--no-plot"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["no_1000ms.pt", "yes_1000ms.pt"]
+    manifest.write_text(json.dumps({"audio_filepath": YES.name, "text": "yes"}) + "\n{not json\n")
+    assert main([str(manifest), "--out", str(tmp_path / "again"), "--no-plot"]) == 1
+    assert [p.name for p in (tmp_path / "again").iterdir()] == ["yes_1000ms.pt"]
+
+
+def test_global_stats_file(tmp_path: Path) -> None:
+    stats = tmp_path / "stats.pt"
+    assert main([str(YES), str(NO), "--global-stats", str(stats), "--backend", "kaldi"]) == 0
+    saved = torch.load(stats, weights_only=True)
+    assert saved["mean"].shape == saved["std"].shape == (80, 3) and saved["backend"] == "kaldi"
+    config = FeatureConfig(backend="kaldi", normalization="global", global_stats_path=str(stats))
+    features, _ = LogMelDeltas(config)(load_audio(YES))
+    assert torch.isfinite(features).all()
+
+
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
         ([], "required"),
-        ([str(YES)], "--out"),
+        ([str(YES)], "nothing to write"),
         ([str(YES), "--out", "o", "--backend", "sox"], "invalid choice"),
         ([str(YES), "--out", "o", "--n-mels", "0"], "features.n_mels=0 is invalid"),
         ([str(YES), "--out", "o", "--n-mels", "many"], "invalid int value"),
@@ -174,7 +204,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_subprocess_mixed_batch(tmp_path: Path, corrupt: Path) -> None:
     out = tmp_path / "out"
-    result = _run("-m", "speechconv.extract_cli", str(JFK), str(corrupt), "--out", str(out), "--no-plot")
+    result = _run("-m", "speechconv.features", str(JFK), str(corrupt), "--out", str(out), "--no-plot")
     assert result.returncode == 1, result.stderr
     assert corrupt.name in result.stderr and "failed" in result.stderr
     saved = _load(out / "jfk.pt")
@@ -183,8 +213,6 @@ def test_subprocess_mixed_batch(tmp_path: Path, corrupt: Path) -> None:
 
 
 def test_subprocess_help_via_features_module() -> None:
-    if "extract_cli" not in (ROOT / "speechconv" / "features.py").read_text():
-        pytest.skip("speechconv/features.py has no __main__ hook to extract_cli yet")
     result = _run("-m", "speechconv.features", "--help")
     assert result.returncode == 0, result.stderr
     assert "python -m speechconv.features" in result.stdout and "--out" in result.stdout

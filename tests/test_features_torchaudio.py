@@ -1,5 +1,9 @@
 """The ``torchaudio`` backend against librosa on every bundled clip (``center`` framing),
-and its mel matrix against torchaudio's and librosa's."""
+and its mel matrix against torchaudio's.
+
+Bounds are per clip, about twice what each measures, so that a regression shows on
+every clip.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,21 @@ import torch
 import torchaudio.functional as AF
 
 from speechconv import FeatureConfig
-from speechconv.fbank import apply_mel, mel_blocks, mel_matrix
 from speechconv.feature_config import FLT_EPSILON
-from speechconv.features import LogMelDeltas
+from speechconv.features import LogMelDeltas, fbank
 from tests.conftest import SPEECH_CLIPS
 
-MAX_ABS, P999, DELTA_MAX = 2e-2, 2e-3, 5e-3
+BOUNDS = {  # clip: (log-mel max, log-mel p99.9, delta max) of |ours - librosa|; measured: the comment
+    "198-209-0000.ogg": (9e-4, 9e-5, 2e-4),  # 4.3e-4, 4.2e-5, 8.2e-5
+    "arctic_a0007.wav": (4e-4, 2e-4, 8e-5),  # 1.6e-4, 5.2e-5, 3.6e-5
+    "english_8k.wav": (3e-3, 2e-3, 9e-4),  # 1.4e-3, 5.6e-4, 4.0e-4
+    "french.aiff": (5e-4, 2e-4, 2e-4),  # 2.4e-4, 8.2e-5, 6.6e-5
+    "jfk.flac": (5e-3, 2e-3, 2e-3),  # 2.3e-3, 5.7e-4, 6.4e-4
+    "no_1000ms.wav": (9e-4, 3e-4, 3e-4),  # 4.5e-4, 1.4e-4, 1.3e-4
+    "noise_1000ms.wav": (5e-5, 4e-5, 2e-5),  # 2.5e-5, 1.7e-5, 6.7e-6
+    "silence_1000ms.wav": (6e-5, 4e-5, 1e-5),  # 2.6e-5, 1.5e-5, 4.7e-6
+    "yes_1000ms.wav": (8e-4, 3e-4, 2e-4),  # 3.6e-4, 1.2e-4, 8.6e-5
+}
 
 
 def read_16k(path) -> torch.Tensor:
@@ -36,34 +49,41 @@ def librosa_log_mel(wave: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     return np.log(np.maximum(mel, cfg.log_floor)).T  # (F, T) -> (T, F)
 
 
+def differences(ours: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    diff = np.abs(ours.astype(np.float64) - ref)
+    return float(diff.max()), float(np.percentile(diff, 99.9))
+
+
 @pytest.mark.parametrize("clip", SPEECH_CLIPS, ids=[p.name for p in SPEECH_CLIPS])
-def test_torchaudio_backend_matches_librosa(clip, feature_path):
+def test_torchaudio_backend_matches_librosa(clip):
+    assert clip.name in BOUNDS, f"no bound measured for {clip.name}"
     cfg = FeatureConfig(backend="torchaudio", framing="center", channels=["static", "delta"])
     wave = read_16k(clip)
     ours, n = LogMelDeltas(cfg)(wave)
     ref = librosa_log_mel(wave.numpy(), cfg)
     ref_delta = librosa.feature.delta(ref.T, width=5, mode="nearest", axis=-1).T  # (T, F) -> (F, T) -> (T, F)
     assert int(n) == ref.shape[0] == ours.shape[0]
-    diff = np.abs(ours[..., 0].numpy() - ref)
-    max_abs, p999 = float(diff.max()), float(np.percentile(diff, 99.9))
-    delta_max = float(np.abs(ours[..., 1].numpy() - ref_delta).max())
-    print(f"\nPARITY torchaudio-vs-librosa ({feature_path}) {clip.name}: frames {ref.shape[0]} log-mel max {max_abs:.2e} "
+    max_abs, p999 = differences(ours[..., 0].numpy(), ref)
+    delta_max = differences(ours[..., 1].numpy(), ref_delta)[0]
+    print(f"\nPARITY torchaudio-vs-librosa {clip.name}: frames {ref.shape[0]} log-mel max {max_abs:.2e} "
           f"p99.9 {p999:.2e} delta max {delta_max:.2e}")
-    assert max_abs <= MAX_ABS and p999 <= P999, (max_abs, p999)
-    assert delta_max <= DELTA_MAX
+    bound_max, bound_p999, bound_delta = BOUNDS[clip.name]
+    assert max_abs <= bound_max and p999 <= bound_p999 and delta_max <= bound_delta, (max_abs, p999, delta_max)
 
 
-def test_slaney_magnitude_settings_match_librosa(feature_path):
+def test_slaney_magnitude_settings_match_librosa():
+    """Measured: 6.3e-5 max, 2.2e-5 at the 99.9th percentile."""
     cfg = FeatureConfig(framing="center", mel_scale="slaney", mel_norm="slaney", power=1.0, f_min=0.0,
                         f_max=7600.0, channels=["static"])
     wave = read_16k(SPEECH_CLIPS[1])
     ours = LogMelDeltas(cfg)(wave)[0][..., 0].numpy()
-    diff = np.abs(ours - librosa_log_mel(wave.numpy(), cfg))
-    assert diff.max() <= MAX_ABS and np.percentile(diff, 99.9) <= P999
+    max_abs, p999 = differences(ours, librosa_log_mel(wave.numpy(), cfg))
+    assert max_abs <= 2e-4 and p999 <= 5e-5, (max_abs, p999)
 
 
 def test_kaldi_framing_matches_librosa_without_centering():
-    """Snip-edges frames are librosa's ``center=False`` frames with the window at the start."""
+    """Snip-edges frames are librosa's ``center=False`` frames with the window at the start.
+    Measured: 1.5e-4 max, 5.7e-5 at the 99.9th percentile."""
     cfg = FeatureConfig(framing="kaldi", channels=["static"])
     wave = read_16k(SPEECH_CLIPS[1])
     ours = LogMelDeltas(cfg)(wave)[0][..., 0].numpy()
@@ -77,34 +97,12 @@ def test_kaldi_framing_matches_librosa_without_centering():
     )
     ref = np.log(np.maximum(mel, FLT_EPSILON)).T
     assert ref.shape == ours.shape
-    diff = np.abs(ours - ref)
-    assert diff.max() <= MAX_ABS and np.percentile(diff, 99.9) <= P999
+    max_abs, p999 = differences(ours, ref)
+    assert max_abs <= 3e-4 and p999 <= 2e-4, (max_abs, p999)
 
 
 @pytest.mark.parametrize("scale,norm", [("htk", None), ("slaney", "slaney"), ("htk", "slaney")])
-def test_mel_matrix_is_torchaudios_and_blocks_lose_nothing(scale, norm):
+def test_mel_matrix_is_torchaudios(scale, norm):
     cfg = FeatureConfig(mel_scale=scale, mel_norm=norm)
-    mel = mel_matrix(cfg)
     ref = AF.melscale_fbanks(257, cfg.f_min, 8000.0, 80, 16000, norm, scale)
-    torch.testing.assert_close(mel, ref.float())
-    covered = torch.zeros_like(mel, dtype=torch.bool)
-    for lo, hi, a, b in mel_blocks(mel):
-        covered[lo:hi, a:b] = True
-    assert not (mel != 0)[~covered].any(), "a nonzero weight lies outside every block"
-    energy = torch.rand(3, 7, 257)
-    torch.testing.assert_close(apply_mel(energy, mel, mel_blocks(mel)), energy @ mel, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("rows", [1, 5, 1024, 1030])
-@pytest.mark.parametrize("blocked", [True, False])
-def test_apply_mel_writes_into_strided_views(rows, blocked):
-    """``out`` as the static part of an edge buffer (rows of a batch not adjacent), with
-    and without blocks, at chunk sizes around 1024 (the padded transposed buffer)."""
-    mel = mel_matrix(FeatureConfig())
-    energy = torch.rand(2, rows, 257)
-    buffer = torch.full((2, rows + 6, 80), 7.0)
-    out = buffer[:, 3 : 3 + rows]
-    result = apply_mel(energy, mel, mel_blocks(mel) if blocked else None, out=out)
-    assert result.data_ptr() == out.data_ptr()
-    torch.testing.assert_close(out, energy @ mel, rtol=1e-5, atol=1e-6)
-    assert (buffer[:, :3] == 7.0).all() and (buffer[:, 3 + rows :] == 7.0).all(), "wrote outside out"
+    torch.testing.assert_close(fbank.mel_matrix(cfg), ref.float())

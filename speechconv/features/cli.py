@@ -1,7 +1,12 @@
-"""Batch feature extraction: audio files -> ``DIR/<stem>.pt`` (+ ``DIR/<stem>.png``).
+"""Batch feature extraction: audio files -> ``DIR/<stem>.pt`` (+ ``DIR/<stem>.png``), and
+global CMVN statistics.
 
-Run as ``python -m speechconv.features AUDIO... --out DIR`` (or
-``python -m speechconv.extract_cli``).  Each ``.pt`` file holds a dict that
+Run as ``python -m speechconv.features INPUT... --out DIR [--global-stats FILE]``.  An
+input is an audio file, a JSON-lines manifest (``.json``/``.jsonl``, read by
+:func:`speechconv.data.manifest.read_manifest`) or a file list (``.txt``, ``.lst``,
+``.list``, ``.scp``: one audio path a line, relative to the list's folder).  This
+command line is an application on top of the feature stage: it is the one place of
+``speechconv.features`` that reads manifests.  Each ``.pt`` file holds a dict that
 ``torch.load(..., weights_only=True)`` reads:
 
     features     (T, F, C) float32 tensor
@@ -10,17 +15,22 @@ Run as ``python -m speechconv.features AUDIO... --out DIR`` (or
     config       dict, the FeatureConfig (dataclasses.asdict)
     source       str, the absolute path of the audio file
 
-A bad file does not stop the run: the good files are written, the bad ones are listed
-with their errors on stderr at the end.  Exit code 0 if every file succeeded, 1 if any
-failed (a clash of output names counts as a failure of each file involved), 2 for
-usage errors (bad options, an --out that is a file).
-Every output is written atomically, so an interrupted run never leaves a torn file.
+``--global-stats FILE`` writes the statistics of every input's features
+(:func:`speechconv.compute_global_stats`) for ``normalization="global"``.
+
+A bad file does not stop the run: the good files are written, the bad ones (and bad
+manifest rows) are listed with their errors on stderr at the end.  Exit code 0 if every
+file succeeded, 1 if any failed (a clash of output names counts as a failure of each
+file involved), 2 for usage errors (bad options, neither --out nor --global-stats, an
+--out that is a file).  Every output is written atomically, so an interrupted run never
+leaves a torn file.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
@@ -32,18 +42,29 @@ from tqdm import tqdm
 from speechconv import shapes
 from speechconv.atomic import atomic_path
 from speechconv.audio import load_audio
+from speechconv.data.manifest import read_manifest
 from speechconv.feature_config import BACKENDS, FeatureConfig
+from speechconv.features.module import LogMelDeltas
+from speechconv.features.stats import compute_global_stats
+from speechconv.plot import plot_features
+
+MANIFEST_SUFFIXES = (".json", ".jsonl")
+FILE_LIST_SUFFIXES = (".txt", ".lst", ".list", ".scp")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m speechconv.features",
         description="Compute log-mel + delta + delta-delta features (T, F, C) of audio files and save one "
-        "<stem>.pt (and a <stem>.png picture) per file.",
+        "<stem>.pt (and a <stem>.png picture) per file, and/or their global CMVN statistics.",
     )
-    parser.add_argument("audio", nargs="+", type=Path, metavar="AUDIO",
-                        help="audio files (WAV, FLAC, Ogg Vorbis, AIFF, ...; any rate, resampled to 16 kHz)")
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if needed)")
+    parser.add_argument("audio", nargs="+", type=Path, metavar="INPUT",
+                        help="audio files (WAV, FLAC, Ogg Vorbis, AIFF, ...; any rate, resampled to 16 kHz), "
+                        "JSON-lines manifests (.json, .jsonl) or file lists (.txt, .lst, .list, .scp)")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="output folder of the features (created if needed)")
+    parser.add_argument("--global-stats", type=Path, metavar="FILE",
+                        help="write the per-bin mean and std of all inputs' features to FILE, for "
+                        "normalization='global' (global_stats_path)")
     parser.add_argument("--backend", choices=BACKENDS, default=FeatureConfig.backend,
                         help="feature implementation (default: %(default)s)")
     parser.add_argument("--framing", choices=shapes.FRAMINGS, default=FeatureConfig.framing,
@@ -53,6 +74,34 @@ def build_parser() -> argparse.ArgumentParser:
                         help="mel bins F (default: %(default)s)")
     parser.add_argument("--no-plot", action="store_true", help="write only the .pt files, no .png pictures")
     return parser
+
+
+def audio_paths(inputs: Sequence[Path]) -> tuple[list[Path], dict[Path, str]]:
+    """Audio paths of the inputs (manifests and file lists expanded), and an error for each
+    manifest or list that cannot be read, or bad manifest row (keyed by the input)."""
+    paths: list[Path] = []
+    errors: dict[Path, str] = {}
+    for source in inputs:
+        if source.suffix in MANIFEST_SUFFIXES:
+            try:
+                entries, problems = read_manifest(source, check_audio=False)
+            except ValueError as exc:
+                errors[source] = str(exc)
+                continue
+            if problems:
+                errors[source] = f"{len(problems)} bad row(s) skipped: " + "; ".join(problems[:3])
+            paths += [entry.audio_filepath for entry in entries]
+        elif source.suffix in FILE_LIST_SUFFIXES:
+            try:
+                lines = source.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                errors[source] = f"cannot read file list {source}: {exc}; pass a UTF-8 text file, one path a line"
+                continue
+            folder = source.resolve().parent
+            paths += [Path(s) if os.path.isabs(s) else folder / s for s in (x.strip() for x in lines) if s]
+        else:
+            paths.append(source)
+    return paths, errors
 
 
 def output_stems(paths: Sequence[Path]) -> tuple[dict[Path, str], dict[Path, str]]:
@@ -107,8 +156,6 @@ def extract_file(path: Path, stem: str, out_dir: Path, extractor: torch.nn.Modul
     with atomic_path(out_dir / f"{stem}.pt") as tmp:
         torch.save(record, tmp)
     if plot:
-        from speechconv.plot import plot_features
-
         plot_features(record["features"], out_dir / f"{stem}.png", hop_ms=config.hop_ms,
                       channel_names=config.channels, title=f"{path.name}  ({num_frames} frames)")
     return num_frames
@@ -127,33 +174,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
-    if args.out.exists() and not args.out.is_dir():
+    if args.out is None and args.global_stats is None:
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: nothing to write: give --out DIR (features) and/or --global-stats FILE",
+              file=sys.stderr)
+        return 2
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: --out {args.out} is a file, expected a folder; choose another path",
               file=sys.stderr)
         return 2
-
-    from speechconv.features import LogMelDeltas  # here: speechconv.features runs this module as its __main__
-
-    extractor = LogMelDeltas(config).eval()
-    stems, failures = output_stems(args.audio)
-    total = len(stems) + len(failures)
-    written = 0
-    for path, stem in tqdm(stems.items(), desc="features", unit="file", disable=None):
+    paths, failures = audio_paths(args.audio)
+    if args.out is not None:
+        extractor = LogMelDeltas(config).eval()
+        stems, clashes = output_stems(paths)
+        failures.update(clashes)
+        written = 0
+        for path, stem in tqdm(stems.items(), desc="features", unit="file", disable=None):
+            try:
+                extract_file(path, stem, args.out, extractor, config, plot=not args.no_plot)
+                written += 1
+            except Exception as exc:  # one bad file must not stop the batch; it is listed below
+                failures[path] = str(exc) if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
+        print(f"wrote features of {written} of {len(stems) + len(clashes)} file(s) to {args.out}")
+    if args.global_stats is not None:
         try:
-            extract_file(path, stem, args.out, extractor, config, plot=not args.no_plot)
-            written += 1
-        except Exception as exc:  # one bad file must not stop the batch; it is listed below
-            message = str(exc) if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
-            failures[path] = message
-    print(f"wrote features of {written} of {total} file(s) to {args.out}")
+            compute_global_stats(paths, config, args.global_stats)
+            print(f"wrote global statistics of {len(paths)} file(s) to {args.global_stats}")
+        except ValueError as exc:  # no audio, none long enough, or a bad file (named by load_audio)
+            failures[args.global_stats] = str(exc)
     if failures:
         print(f"{len(failures)} file(s) failed:", file=sys.stderr)
         for path, message in failures.items():
             print("  " + (message if message.startswith(str(path)) else f"{path}: {message}"), file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,165 @@
+"""Framing, spectra and log-mel energies: the steps both backends share, and the
+``torchaudio`` backend's window and filterbank.
+
+Per frame::
+
+    samples (B, S) -> framing pads (and zeros beyond each length) -> frames (B, T, win), a strided view
+    -> backend's windowing (here: x Hann; Kaldi's in speechconv.features.kaldi), written into
+       zero rows of n_fft (fft_input) -> real DFT -> |X|^2 (or |X|) -> @ mel (K, F) -> log(max(x, log_floor))
+
+Framings (``FeatureConfig.framing``; counts and positions in :mod:`speechconv.shapes`):
+
+``kaldi``   the window covers samples ``[t*hop, t*hop + win)`` (Kaldi's snip edges).
+``center``  frame ``t`` is centred on sample ``t*hop`` exactly as torch.stft/librosa
+            with ``center=True`` place it: ``n_fft // 2`` samples of padding in front
+            and the window at ``(n_fft - win) // 2`` inside the ``n_fft`` frame, so it
+            covers ``[t*hop - 200, t*hop + 200)`` at the defaults
+            (:func:`speechconv.shapes.window_lead`).  The signal is padded with
+            **zeros** (librosa's ``pad_mode="constant"``), never reflected: in a padded
+            batch a shorter utterance is followed by zeros, not by its own reflection,
+            so only zero padding gives an utterance the same last frames in a batch and
+            alone.
+
+Every frame is computed the same way bit for bit whatever else is in the batch, chunk
+or stream: the FFT, the elementwise steps and the row means are the same per row, and
+the mel product gets at least :data:`MIN_ROWS` rows.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchaudio.functional as AF
+
+from speechconv import shapes
+from speechconv.feature_config import FeatureConfig
+
+DITHER_SCALE = 1.0 / 32768.0
+"""``FeatureConfig.dither`` is in int16 units (Kaldi's); [-1, 1] waveforms take it scaled."""
+
+MIN_ROWS = 16
+"""Fewest rows the mel product is given (zero rows are appended below it).  torch's CPU
+``(N, 257) @ (257, 80)`` rounds a row differently when ``N`` is below about 12 (another
+kernel runs), and the same for every ``N`` from 12 on; with at least 16 rows a frame's
+energies are the same bits alone, in any batch and in any chunk of a stream."""
+
+
+def pad_for_framing(waveforms: torch.Tensor, lengths: torch.Tensor, config: FeatureConfig,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """The samples that :func:`frames_of` cuts ``T = frames_from_samples(S)`` frames from.
+
+    ``kaldi`` framing: the waveforms as they are.  ``center`` framing: a copy with
+    :func:`speechconv.shapes.window_lead` zeros in front, zeros after the end until the
+    last frame's window fits, and every sample at or beyond an utterance's length set to
+    zero (whatever the batch was padded with, NaN included, never reaches a frame).
+    Dither (``config.dither > 0``) adds
+    Gaussian noise to the valid samples, once per sample, so overlapping frames share
+    their noise where Kaldi draws new noise for every frame: zero-mean noise of the
+    same power either way, and only ``dither=0`` is deterministic.
+
+    Args:
+        waveforms: ``(B, S)`` float32.
+        lengths: ``(B,)`` valid samples per utterance.
+        config: framing, window and hop, dither.
+        generator: random source of the dither.
+
+    Returns:
+        ``(B, S')``: frame ``t``'s window is samples ``[t*hop, t*hop + win)``.
+    """
+    B, S = waveforms.shape
+    win, hop = config.win_length, config.hop_length
+    if config.dither > 0:
+        noise = torch.randn(waveforms.shape, generator=generator, dtype=waveforms.dtype, device=waveforms.device)
+        waveforms = waveforms + noise * (config.dither * DITHER_SCALE)
+    if config.framing == "kaldi":
+        # A whole window of an utterance ends within its length: only frames past its
+        # frame count read beyond it, and the caller drops those (with torch.where or
+        # masked_fill, never a product with 0: the padding may be NaN).
+        return waveforms
+    lead = shapes.window_lead(win, config.n_fft, config.framing)
+    T = shapes.frames_from_samples(S, win, hop, config.framing)
+    # exactly the samples of T frames: zeros added after (or, where hop > win - lead, samples cut)
+    padded = F.pad(waveforms, (lead, (T - 1) * hop + win - lead - S))  # (B, S) -> (B, (T-1)*hop + win)
+    beyond = ~shapes.make_pad_mask(lengths + lead, padded.shape[1])  # (B, S'): after each utterance's end
+    return padded.masked_fill_(beyond, 0.0)
+
+
+def frames_of(padded: torch.Tensor, num_frames: int, win_length: int, hop_length: int) -> torch.Tensor:
+    """``(B, S')`` -> ``(B, T, win)``: frame ``t`` is samples ``[t*hop, t*hop + win)``, a strided view."""
+    frames = padded.unfold(-1, win_length, hop_length)  # (B, S') -> (B, T', win)
+    assert frames.shape[1] >= num_frames, f"{frames.shape[1]} frames cut, {num_frames} expected"
+    return frames[:, :num_frames]
+
+
+def hann_window(win_length: int) -> torch.Tensor:
+    """Periodic Hann window ``(win,)`` float32 (torch.stft's and librosa's ``"hann"``)."""
+    return torch.hann_window(win_length, periodic=True, dtype=torch.float64).float()
+
+
+def mel_matrix(config: FeatureConfig) -> torch.Tensor:
+    """torchaudio's mel filterbank ``(n_fft//2 + 1, F)`` float32 for ``config``'s scale and norm."""
+    return AF.melscale_fbanks(
+        n_freqs=config.n_fft // 2 + 1, f_min=config.f_min, f_max=config.upper_hz, n_mels=config.n_mels,
+        sample_rate=config.sample_rate, norm=config.mel_norm, mel_scale=config.mel_scale,
+    ).float()
+
+
+def dft_basis(n_fft: int) -> torch.Tensor:
+    """``(n_fft, 2K)`` float32, ``K = n_fft//2 + 1``: the real DFT as a matrix, ``[cos | -sin]``.
+
+    ``frames @ basis`` gives the real and imaginary parts of ``torch.fft.rfft(frames)``
+    (up to rounding) with a matrix product alone: a graph without an FFT operator, for
+    runtimes that have none (executorch's portable runtime).  The angles are reduced
+    exactly (``k*n mod n_fft``) and evaluated in float64.
+    """
+    k = torch.arange(n_fft // 2 + 1, dtype=torch.int64)
+    n = torch.arange(n_fft, dtype=torch.int64)
+    angle = (n[:, None] * k[None, :]) % n_fft * (2 * torch.pi / n_fft)  # (n_fft, K)
+    return torch.cat([torch.cos(angle), -torch.sin(angle)], dim=1).float()
+
+
+def fft_input(batch: int, num_frames: int, n_fft: int, offset: int, win_length: int,
+              like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero rows for the DFT, and the view of them where the windowed frames go.
+
+    Returns:
+        ``(rows (B*T + extra, n_fft), body (B, T, win))``: ``body`` is the window's
+        columns ``[offset, offset + win)`` of the first ``B*T`` rows (``offset``:
+        :func:`speechconv.shapes.window_lead`'s placement for ``center``, 0 for
+        ``kaldi``), which the backend's windowing writes (``out=``: 10% faster than
+        windowing then padding, measured on the torchaudio backend); ``extra`` zero rows
+        make at least :data:`MIN_ROWS`.
+    """
+    rows = batch * num_frames
+    extra = torch.sym_max(MIN_ROWS - rows, 0)
+    frames = like.new_zeros(rows + extra, n_fft)
+    return frames, frames[:rows, offset : offset + win_length].view(batch, num_frames, win_length)
+
+
+def log_mel(frames: torch.Tensor, rows: int, mel: torch.Tensor, power: float, log_floor: float,
+            basis: torch.Tensor | None = None) -> torch.Tensor:
+    """Zero-padded windowed frames -> log mel energies.
+
+    Args:
+        frames: ``(R, n_fft)`` from :func:`fft_input`, ``R >= MIN_ROWS``.
+        rows: how many of them to return (``B*T``; the rest are zero rows).
+        mel: ``(n_fft//2 + 1, F)`` filterbank.
+        power: 2 (power spectrum) or 1 (magnitude).
+        log_floor: ``log(max(x, log_floor))``.
+        basis: ``None`` for ``torch.fft.rfft``, or :func:`dft_basis` for the DFT as a
+            matrix product.
+
+    Returns:
+        ``(rows, F)`` natural-log mel energies.
+    """
+    K = frames.shape[1] // 2 + 1
+    if basis is None:
+        # (R, K) complex -> (R, K, 2), squared in place
+        squares = torch.view_as_real(torch.fft.rfft(frames)).square_()
+        energy = squares[..., 0] + squares[..., 1]  # (R, K)
+    else:
+        squares = (frames @ basis).square_()  # (R, 2K): real parts, then imaginary parts
+        energy = squares[:, :K] + squares[:, K:]
+    if power == 1.0:
+        energy = energy.sqrt_()
+    return (energy @ mel)[:rows].clamp_min_(log_floor).log_()  # (R, F) -> (rows, F)
