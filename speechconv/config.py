@@ -111,8 +111,10 @@ class ModelConfig:
             (:class:`speechconv.models.recurrent.RecurrentEncoder`) sized below.
         projection: linear size between encoder and BiLSTM (0 = none); a projection of
             the 640-wide conv output keeps the LSTM small.
-        hidden: BiLSTM units per direction.
-        lstm_layers: BiLSTM layers.
+        hidden: LSTM units per direction.
+        lstm_layers: LSTM layers.
+        bidirectional: each LSTM layer reads the utterance both ways; ``false``: forward
+            only (every output frame depends only on the audio up to it: it streams).
         dropout: dropout before the BiLSTM and before the output layer.
         embed_dim, decoder_dim, attention_dim: ``seq2seq`` sizes.
         max_decode_len: ``seq2seq``: the most tokens greedy decoding emits.
@@ -122,6 +124,7 @@ class ModelConfig:
     projection: int = 256
     hidden: int = 192
     lstm_layers: int = 1
+    bidirectional: bool = True
     dropout: float = 0.1
     embed_dim: int = 64
     decoder_dim: int = 256

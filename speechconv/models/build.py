@@ -23,20 +23,20 @@ def build_encoder(encoder: EncoderSettings, features: FeatureConfig) -> nn.Modul
 
 
 def build_model(model: ModelConfig, encoder: EncoderSettings, features: FeatureConfig, vocab: CharVocabulary) -> nn.Module:
-    """The ``ctc`` or ``seq2seq`` model, both on ``encoder`` -> projection -> BiLSTM
+    """The ``ctc`` or ``seq2seq`` model, both on ``encoder`` -> projection -> LSTM layers
     (:class:`RecurrentEncoder`, sized by ``model.projection``, ``hidden``,
-    ``lstm_layers``, ``dropout``); both have ``forward(features, lengths, targets,
+    ``lstm_layers``, ``bidirectional``, ``dropout``); both have ``forward(features, lengths, targets,
     target_lengths) -> loss`` and ``greedy_decode(features, lengths, max_len) -> ids``."""
     enc = build_encoder(encoder, features)
     if model.type == "ctc":
         from speechconv.models.ctc import CTCModel
 
         return CTCModel(enc, len(vocab), vocab.blank_id, model.projection, model.hidden, model.lstm_layers,
-                        model.dropout)
+                        model.dropout, model.bidirectional)
     assert model.type == "seq2seq", f"unknown model.type {model.type!r} passed validation"
     from speechconv.models.recurrent import RecurrentEncoder
     from speechconv.seq2seq import Seq2Seq
 
-    enc = RecurrentEncoder(enc, model.projection, model.hidden, model.lstm_layers, model.dropout)
+    enc = RecurrentEncoder(enc, model.projection, model.hidden, model.lstm_layers, model.dropout, model.bidirectional)
     return Seq2Seq(enc, len(vocab), model.embed_dim, model.decoder_dim, model.attention_dim,
                    sos_id=vocab.sos_id, eos_id=vocab.eos_id, pad_id=vocab.pad_id, dropout=model.dropout)

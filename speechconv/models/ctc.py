@@ -1,4 +1,4 @@
-"""CTC model: encoder (flattened) -> projection -> BiLSTM -> linear -> CTC, greedy decoding.
+"""CTC model: encoder (flattened) -> projection -> LSTM layers -> linear -> CTC, greedy decoding.
 
 The encoder is any speechconv encoder returning ``(B, T', D)`` (or ``(B, T', F', C')``,
 flattened) with exact ``out_lengths``, under the :class:`RecurrentEncoder` stack; CTC
@@ -26,16 +26,17 @@ def ctc_collapse(ids: list[int], blank_id: int) -> list[int]:
 
 
 class CTCModel(nn.Module):
-    """Encoder + BiLSTM + CTC.
+    """Encoder + LSTM layers (bidirectional by default) + CTC.
 
     Args:
         encoder: a speechconv encoder with an int ``output_dim``.
         vocab_size: output ids ``V`` including the blank.
         blank_id: the CTC blank (from the vocabulary).
-        projection: linear size between encoder and BiLSTM (0: none).
-        hidden: BiLSTM units per direction.
-        lstm_layers: BiLSTM layers.
-        dropout: dropout before the BiLSTM and before the output layer.
+        projection: linear size between encoder and LSTMs (0: none).
+        hidden: LSTM units per direction.
+        lstm_layers: LSTM layers.
+        dropout: dropout before the LSTMs and before the output layer.
+        bidirectional: LSTMs that read both ways (else forward only: it streams).
 
     Shapes:
         ``log_probs(features (B, T, F, C), lengths (B,))`` -> ``((B, T', V), (B,))``.
@@ -55,11 +56,12 @@ class CTCModel(nn.Module):
         hidden: int = 192,
         lstm_layers: int = 1,
         dropout: float = 0.1,
+        bidirectional: bool = True,
     ) -> None:
         super().__init__()
         if not 0 <= blank_id < vocab_size:
             raise ValueError(f"CTCModel blank_id={blank_id} is invalid: expected an id in [0, {vocab_size})")
-        self.body = RecurrentEncoder(encoder, projection, hidden, lstm_layers, dropout)
+        self.body = RecurrentEncoder(encoder, projection, hidden, lstm_layers, dropout, bidirectional)
         self.blank_id = blank_id
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(self.body.output_dim, vocab_size)
