@@ -239,6 +239,7 @@ class DataConfig:
         max_digits: digits per string, 1 to ``max_digits``.
         edge_silence_ms, gap_ms: ``[min, max]`` silence before the first and after the
             last digit of a training string, and between digits.
+        edge_pause_prob: the probability of each of the two edge pauses (else none).
         level_db: ``[min, max]`` peak level of a training string in dB full scale
             (``null``: as recorded); digit_level_db: the width of each digit's own offset.
         train_size: training strings per epoch.
@@ -260,6 +261,7 @@ class DataConfig:
     holdout_speakers: list[str] = field(default_factory=list)
     max_digits: int = 6
     edge_silence_ms: list[float] = field(default_factory=lambda: [0.0, 400.0])
+    edge_pause_prob: float = 0.5
     gap_ms: list[float] = field(default_factory=lambda: [0.0, 300.0])
     level_db: list[float] | None = field(default_factory=lambda: [-35.0, -3.0])
     digit_level_db: float = 6.0
@@ -296,7 +298,8 @@ class DataConfig:
         """The :class:`speechconv.data.DigitStringConfig` of the training strings (checks them)."""
         from speechconv.data.digits import DigitStringConfig
 
-        return DigitStringConfig(1, self.max_digits, tuple(self.edge_silence_ms), tuple(self.gap_ms),
+        return DigitStringConfig(1, self.max_digits, tuple(self.edge_silence_ms), self.edge_pause_prob,
+                                 tuple(self.gap_ms),
                                  None if self.level_db is None else tuple(self.level_db), self.digit_level_db)
 
 

@@ -81,7 +81,9 @@ def check_plan(bank, plan, split, config, speakers):
     gap = [round(ms * 16) for ms in config.gap_ms]
     assert config.min_digits <= len(plan.clips) <= config.max_digits
     assert len(plan.silences) == len(plan.clips) + 1 == len(plan.gains) + 1
-    assert all(edge[0] <= s <= edge[1] for s in (plan.silences[0], plan.silences[-1]))
+    assert all(s == 0 or edge[0] <= s <= edge[1] for s in (plan.silences[0], plan.silences[-1]))
+    if config.edge_pause_prob == 0:
+        assert plan.silences[0] == plan.silences[-1] == 0
     assert all(gap[0] <= s <= gap[1] for s in plan.silences[1:-1])
     assert len({bank.speakers[c] for c in plan.clips}) == 1  # one speaker per utterance
     assert bank.speakers[plan.clips[0]] in speakers
@@ -101,12 +103,14 @@ def check_plan(bank, plan, split, config, speakers):
     st.tuples(st.floats(0, 100), st.floats(0, 300)),
     st.one_of(st.none(), st.tuples(st.floats(-60, -30), st.floats(0, 30))),
     st.floats(0, 12),
+    st.sampled_from([0.0, 0.5, 1.0]),
 )
-def test_plans_composition_and_transcripts(bank, where, seed, epoch, lo_digits, extra, edge, gap, level, spread):
+def test_plans_composition_and_transcripts(bank, where, seed, epoch, lo_digits, extra, edge, gap, level, spread,
+                                           pause):
     split, speakers = where
     level_db = None if level is None else (level[0], level[0] + level[1])
-    config = DigitStringConfig(lo_digits, lo_digits + extra, (edge[0], edge[0] + edge[1]), (gap[0], gap[0] + gap[1]),
-                               level_db, spread)
+    config = DigitStringConfig(lo_digits, lo_digits + extra, (edge[0], edge[0] + edge[1]), pause,
+                               (gap[0], gap[0] + gap[1]), level_db, spread)
     plans = plan_epoch(bank, split, 8, seed, epoch, config, speakers)
     for plan in plans:
         check_plan(bank, plan, split, config, speakers)
@@ -142,7 +146,9 @@ def test_default_levels_span_thirty_decibels_and_strings_start_at_once(bank):
     plans = plan_epoch(bank, "train", 2000, 0, 0, config, ["jackson", "lucas"])
     peaks = [20 * np.log10(max(bank.peaks[c] * g for c, g in zip(p.clips, p.gains, strict=True))) for p in plans]
     assert max(peaks) - min(peaks) >= 30
-    assert min(p.silences[0] for p in plans) < 16 * 5  # some strings start within 5 ms
+    starts = np.asarray([p.silences[0] for p in plans])
+    assert 0.4 < np.mean(starts == 0) < 0.6 and starts.max() > 16 * 300  # half start at once, others after pauses
+    assert 0.4 < np.mean([p.silences[-1] == 0 for p in plans]) < 0.6
     for plan in plan_epoch(bank, "unseen", 50, 0, 0, eval_strings(6), ["nicolas"]):
         wave = compose(bank, plan)
         assert plan.silences[0] == plan.silences[-1] == 0

@@ -7,8 +7,8 @@ speaker; its transcript is the digit words (``"three one four"``).
 
 Composition (:class:`DigitStringConfig`) follows real recordings, which start and end
 at once or after a pause of any length: the silence before the first digit and after
-the last is drawn from ``edge_silence_ms`` (from 0 ms), the gaps between digits from
-``gap_ms``.  Each string is scaled so that its peak lies at a level drawn from
+the last is none at all, or with probability ``edge_pause_prob`` a pause drawn from
+``edge_silence_ms`` (from 0 ms); the gaps between digits are drawn from ``gap_ms``.  Each string is scaled so that its peak lies at a level drawn from
 ``level_db`` (dB full scale, a range of 30 dB or more), and each digit in it by its own
 offset of up to ``digit_level_db / 2`` either way, as a speaker's words vary.
 
@@ -84,6 +84,8 @@ class DigitStringConfig:
         min_digits, max_digits: digits per string, drawn uniformly from this range.
         edge_silence_ms: ``(min, max)`` silence before the first and after the last
             digit, each drawn uniformly, in whole samples.
+        edge_pause_prob: the probability of each of those two pauses; otherwise the
+            string starts (or ends) with the digit's own clip.
         gap_ms: ``(min, max)`` silence between two digits.
         level_db: ``(min, max)`` peak level of the string in dB full scale (``None``:
             the clips' own levels).
@@ -94,6 +96,7 @@ class DigitStringConfig:
     min_digits: int = 1
     max_digits: int = 6
     edge_silence_ms: tuple[float, float] = (0.0, 400.0)
+    edge_pause_prob: float = 0.5
     gap_ms: tuple[float, float] = (0.0, 300.0)
     level_db: tuple[float, float] | None = (-35.0, -3.0)
     digit_level_db: float = 6.0
@@ -106,6 +109,8 @@ class DigitStringConfig:
             )
         object.__setattr__(self, "edge_silence_ms", _check_range("edge_silence_ms", self.edge_silence_ms, 0.0))
         object.__setattr__(self, "gap_ms", _check_range("gap_ms", self.gap_ms, 0.0))
+        if not 0 <= self.edge_pause_prob <= 1:
+            raise ValueError(f"edge_pause_prob={self.edge_pause_prob!r} is invalid: expected a probability in [0, 1]")
         if self.level_db is not None:
             object.__setattr__(self, "level_db", _check_range("level_db", self.level_db, -120.0, 0.0))
         if not 0 <= self.digit_level_db <= 40:
@@ -115,7 +120,7 @@ class DigitStringConfig:
 def eval_strings(max_digits: int) -> DigitStringConfig:
     """The validation strings: 1 to ``max_digits`` digits starting and ending without
     silence, 100-300 ms between digits, each clip at its recorded level."""
-    return DigitStringConfig(1, max_digits, (0.0, 0.0), (100.0, 300.0), None, 0.0)
+    return DigitStringConfig(1, max_digits, (0.0, 0.0), 0.0, (100.0, 300.0), None, 0.0)
 
 
 @dataclass
@@ -252,9 +257,9 @@ def plan_digit_string(
     clips = tuple(int(c) for c in pool[rng.integers(len(pool), size=n)])
     edges = [_samples(ms, bank.sample_rate) for ms in config.edge_silence_ms]
     gaps = [_samples(ms, bank.sample_rate) for ms in config.gap_ms]
-    silences = [int(rng.integers(edges[0], edges[1] + 1))]
-    silences += [int(s) for s in rng.integers(gaps[0], gaps[1] + 1, size=n - 1)]
-    silences.append(int(rng.integers(edges[0], edges[1] + 1)))
+    pauses = rng.random(2) < config.edge_pause_prob
+    lead, trail = (int(s) for s in rng.integers(edges[0], edges[1] + 1, size=2) * pauses)
+    silences = [lead, *(int(s) for s in rng.integers(gaps[0], gaps[1] + 1, size=n - 1)), trail]
     gains = np.ones(n)
     if config.level_db is not None:
         offsets_db = rng.uniform(-config.digit_level_db / 2, config.digit_level_db / 2, size=n)
