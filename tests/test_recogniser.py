@@ -6,6 +6,7 @@ transcripts as they are.  Slow: it trains for a few minutes."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import soundfile as sf
@@ -16,10 +17,12 @@ from speechconv.audio import load_audio
 from speechconv.config import compose, validate
 from speechconv.data import compose as compose_string
 from speechconv.data import eval_strings, load_fsdd, plan_epoch
+from speechconv.text import CharVocabulary
 from speechconv.training import loop, run
 from speechconv.training.data import build_train_data
 
 pytestmark = pytest.mark.slow
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "fixtures"
 
 STEPS = 600
 """Half of ``make run``'s steps: enough for transcripts worth comparing, in a few minutes."""
@@ -81,7 +84,7 @@ def test_energy_above_the_training_band_leaves_transcripts_unchanged(trained, un
     arctic_a0007) at the string's own RMS: full-band audio as a 16 kHz microphone records it."""
     cfg, checkpoint = trained
     assert cfg.features.upper_hz <= 4000, "the features reach above the band the FSDD clips have"
-    other = load_audio(pytest.importorskip("conftest").FIXTURES / "arctic_a0007.wav", RATE)
+    other = load_audio(FIXTURES / "arctic_a0007.wav", RATE)
     high = AF.highpass_biquad(AF.highpass_biquad(other, RATE, 4500.0), RATE, 4500.0)  # 4th order above 4.5 kHz
     full = []
     for wave in unseen_strings:
@@ -95,7 +98,7 @@ def test_energy_above_the_training_band_leaves_transcripts_unchanged(trained, un
 
 def test_the_run_validated_on_voices_it_never_trained_on(trained):
     cfg, _ = trained
-    data = build_train_data(cfg.data, cfg.features, __import__("speechconv").text.CharVocabulary(), 0)
+    data = build_train_data(cfg.data, cfg.features, CharVocabulary(), 0)
     train_speakers = {data.train.bank.speakers[c] for e in (0, 1) for p in data.train.plans(e) for c in p.clips}
     unseen = {data.train.bank.speakers[c] for p in data.valid["unseen"].plans(0) for c in p.clips}
     assert unseen == set(cfg.data.holdout_speakers) and not unseen & train_speakers
