@@ -234,6 +234,9 @@ class DataConfig:
             held-out speakers); ``manifest``: JSON-lines manifests ``train_manifest`` /
             ``valid_manifest``.
         fsdd_dir: the bundled clips (``null``: ``data/fsdd`` of the repository).
+        synthetic_voices: also train on digits spoken by synthetic voices (training
+            material only: they are never held out nor validated).
+        synthetic_dir: their clips (``null``: the bundled ``data/espeak``, 45 eSpeak NG voices).
         holdout_speakers: FSDD speakers never trained on; validation reports their WER
             and CER beside the seen speakers' (``[]``: none).
         max_digits: digits per string, 1 to ``max_digits``.
@@ -258,6 +261,8 @@ class DataConfig:
 
     type: str = "digits"
     fsdd_dir: str | None = None
+    synthetic_voices: bool = True
+    synthetic_dir: str | None = None
     holdout_speakers: list[str] = field(default_factory=list)
     max_digits: int = 6
     edge_silence_ms: list[float] = field(default_factory=lambda: [0.0, 400.0])

@@ -14,7 +14,7 @@ import pytest
 import torch
 from train_helpers import AUGMENT_ALL_ON, tiny_fsdd
 
-from speechconv.config import compose, validate
+from speechconv.config import ConfigError, compose, validate
 from speechconv.metrics import cer, wer
 from speechconv.models import CTCModel, ctc_collapse
 from speechconv.training import (
@@ -251,3 +251,23 @@ def test_train_py_asks_for_huge_pages_unless_told_otherwise(preset, expected):
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == repr([expected])
+
+
+def test_synthetic_voices_train_but_are_never_validated_nor_held_out(tmp_path_factory):
+    from speechconv.data.digits import default_synthetic_dir, folder_speakers
+    from speechconv.text import CharVocabulary
+    from speechconv.training.data import build_train_data
+
+    cfg = tiny(tmp_path_factory, "data.train_size=200")
+    assert cfg.data.synthetic_voices and folder_speakers(default_synthetic_dir()) == ["espeak"]
+    data = build_train_data(cfg.data, cfg.features, CharVocabulary(), 0)
+    bank = data.train.bank
+    trained_on = {bank.speakers[p.clips[0]] for p in data.train.plans(0)}
+    assert "espeak" in trained_on and not trained_on & set(cfg.data.holdout_speakers)
+    for name, valid in data.valid.items():
+        assert "espeak" not in {bank.speakers[c] for p in valid.plans(0) for c in p.clips}, name
+    with pytest.raises(ConfigError, match="synthetic voices are training material only"):
+        build_train_data(tiny(tmp_path_factory, "data.holdout_speakers=[espeak]").data, cfg.features,
+                         CharVocabulary(), 0)
+    plain = tiny(tmp_path_factory, "data.synthetic_voices=false")
+    assert "espeak" not in build_train_data(plain.data, plain.features, CharVocabulary(), 0).train.bank.speakers

@@ -62,6 +62,21 @@ def default_fsdd_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "data" / "fsdd"
 
 
+def default_synthetic_dir() -> Path:
+    """The bundled synthetic voices: ``data/espeak`` (eSpeak NG, made by ``data/prepare_espeak.py``)."""
+    return Path(__file__).resolve().parents[2] / "data" / "espeak"
+
+
+def clip_files(folder: str | os.PathLike) -> list[Path]:
+    """The ``*.flac`` / ``*.wav`` clips of ``folder``, sorted by name."""
+    return sorted(p for p in Path(folder).glob("*") if p.suffix in (".flac", ".wav"))
+
+
+def folder_speakers(folder: str | os.PathLike) -> list[str]:
+    """The speakers named by the clips of ``folder``, sorted."""
+    return sorted({parse_fsdd_name(p.name)[1] for p in clip_files(folder)})
+
+
 def parse_fsdd_name(name: str) -> tuple[int, str, int]:
     """``"3_lucas_17"`` (stem or file name) -> ``(digit, speaker, take)``."""
     match = _NAME.match(Path(name).stem)
@@ -177,20 +192,29 @@ class FsddBank:
         return {s: p for s, p in pools.items() if len(p)}
 
 
-def load_fsdd(folder: str | os.PathLike | None = None, sample_rate: int = 16000) -> FsddBank:
-    """Read every ``*.flac`` / ``*.wav`` FSDD clip of ``folder``, resampled to ``sample_rate``.
+def load_fsdd(folder: str | os.PathLike | None = None, sample_rate: int = 16000,
+              extra_folders: Sequence[str | os.PathLike] = ()) -> FsddBank:
+    """Read every ``*.flac`` / ``*.wav`` FSDD clip of ``folder`` (and of ``extra_folders``:
+    clips named the same way, such as the synthetic voices), resampled to ``sample_rate``.
 
     Clips are sorted by name, so clip indices (and therefore every plan) do not depend
     on the file system's listing order.  Call this once in the main process, before
     DataLoader workers fork.
     """
     root = Path(folder) if folder is not None else default_fsdd_dir()
-    files = sorted(p for p in root.glob("*") if p.suffix in (".flac", ".wav"))
+    files = clip_files(root)
     if not files:
         raise FileNotFoundError(
             f"no FSDD clips (*.flac or *.wav) in {root}; run 'python data/prepare_fsdd.py SRC_DIR' "
             f"or point data.fsdd_dir at the clips"
         )
+    for extra in extra_folders:
+        more = clip_files(extra)
+        if not more:
+            raise FileNotFoundError(f"no clips (*.flac or *.wav) in {extra}; run 'python data/prepare_espeak.py' "
+                                    f"or set data.synthetic_voices=false")
+        files += more
+    files.sort(key=lambda p: p.name)
     waves, digits, speakers, takes, names = [], [], [], [], []
     # 2,000 resamplings of half-second clips: intra-op threads only add overhead
     # (measured: 0.7 s with one thread, 4.6 s with two on a busy 2-core machine).

@@ -22,6 +22,7 @@ from speechconv.data import (
     read_manifest,
     worker_init_fn,
 )
+from speechconv.data.digits import default_fsdd_dir, default_synthetic_dir, folder_speakers
 from speechconv.data.perturb import Perturb
 from speechconv.feature_config import FeatureConfig
 from speechconv.text import CharVocabulary
@@ -57,25 +58,31 @@ def manifest_dataset(path: str | None, key: str, features: FeatureConfig, vocab:
 
 def build_train_data(data: DataConfig, features: FeatureConfig, vocab: CharVocabulary, seed: int) -> TrainData:
     """Training set (perturbation and SpecAugment on), its sampler (seeded by ``seed``), and
-    the validation sets (no augmentation)."""
+    the validation sets (no augmentation).  Digit strings train on every speaker but the
+    held-out ones, synthetic voices included; the seen-speaker set holds the recorded
+    speakers only."""
     augment = SpecAugment(**dataclasses.asdict(data.spec_augment))
     perturb, noise = data.augment.perturb(), data.augment.noise_clips
     if data.type == "digits":
-        bank = load_fsdd(data.fsdd_dir, sample_rate=features.sample_rate)  # once, before workers fork
+        synthetic = [data.synthetic_dir or default_synthetic_dir()] if data.synthetic_voices else []
+        bank = load_fsdd(data.fsdd_dir, features.sample_rate, synthetic)  # once, before workers fork
+        recorded = folder_speakers(data.fsdd_dir or default_fsdd_dir())
         held = sorted(set(data.holdout_speakers))
-        unknown = [s for s in held if s not in bank.speaker_names]
+        unknown = [s for s in held if s not in recorded]
         if unknown:
-            raise ConfigError(f"data.holdout_speakers={held} names {unknown}, not in the FSDD clips "
-                              f"(speakers: {bank.speaker_names}); name speakers of the bank, or [] for none")
+            raise ConfigError(f"data.holdout_speakers={held} names {unknown}, not among the recorded FSDD speakers "
+                              f"{recorded} (synthetic voices are training material only); name recorded speakers, "
+                              f"or [] for none")
         speakers = [s for s in bank.speaker_names if s not in held]
-        if not speakers:
-            raise ConfigError(f"data.holdout_speakers={held} holds out every speaker of the FSDD clips; "
+        seen = [s for s in recorded if s not in held]
+        if not seen:
+            raise ConfigError(f"data.holdout_speakers={held} holds out every recorded speaker of the FSDD clips; "
                               f"leave at least one to train on")
         strings = eval_strings(data.max_digits)
         train = DigitStringDataset(bank, "train", data.train_size, features, vocab, data.digit_strings(), seed,
                                    augment, speakers, perturb, noise)
         valid = {"seen": DigitStringDataset(bank, "valid", data.valid_size, features, vocab, strings,
-                                            data.valid_seed, speakers=speakers)}
+                                            data.valid_seed, speakers=seen)}
         if held:
             valid["unseen"] = DigitStringDataset(bank, "unseen", data.valid_size, features, vocab, strings,
                                                  data.valid_seed, speakers=held)

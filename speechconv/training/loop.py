@@ -177,6 +177,8 @@ def _train(cfg: Config, out_dir: Path, ctx: DistContext) -> TrainResult:
     n_params = sum(p.numel() for p in model.parameters())
     sets = " + ".join(f"{len(v)} {k}" for k, v in data.valid.items())
     held = f" (unseen: {', '.join(sorted(set(cfg.data.holdout_speakers)))})" if "unseen" in data.valid else ""
+    speakers = getattr(data.train, "speakers", None)
+    held += f"; training speakers: {', '.join(speakers)}" if speakers else ""
     _say(ctx, f"model: {cfg.model.type} on a {cfg.encoder.type} encoder, {n_params:,} parameters; "
               f"{len(data.train)} training / {sets} validation utterances{held}; device {device}"
               + (f" x {ctx.world_size} ranks (DDP)" if ctx.active else ""))
