@@ -148,6 +148,26 @@ def stream_frames_ready(num_samples: int, win_length: int, hop_length: int, n_ff
     return 0 if num_samples < look_ahead else 1 + (num_samples - look_ahead) // hop_length
 
 
+# -------------------------------------------------------------------- resampling
+
+
+def resampled_samples(num_samples: int, orig_rate: int, new_rate: int) -> int:
+    """Samples after resampling ``S`` samples from ``orig_rate`` to ``new_rate`` Hz:
+    ``ceil(S * new_rate / orig_rate)`` (``torchaudio.functional.resample``, which keeps
+    sample 0 at t = 0 and every output sample whose time lies within the input)."""
+    if num_samples < 0 or orig_rate <= 0 or new_rate <= 0:
+        raise ValueError(f"resampled_samples needs S >= 0 and positive rates; got S={num_samples}, "
+                         f"{orig_rate} -> {new_rate} Hz")
+    return -(-num_samples * new_rate // orig_rate)
+
+
+def speed_samples(num_samples: int, sample_rate: int, factor: float) -> int:
+    """Samples after ``torchaudio.functional.speed(wave, sample_rate, factor)``: it resamples
+    from ``int(factor * sample_rate)`` to ``sample_rate`` Hz, so the audio plays ``factor``
+    times faster at the original rate."""
+    return resampled_samples(num_samples, int(factor * sample_rate), sample_rate)
+
+
 # ------------------------------------------------------------------ one conv axis
 
 PADDINGS = ("same", "valid", "causal")

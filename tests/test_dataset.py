@@ -19,6 +19,7 @@ from speechconv.data import (
     Item,
     LengthBucketSampler,
     ManifestDataset,
+    Perturb,
     SpecAugment,
     collate,
     compose,
@@ -193,8 +194,34 @@ def loader_batches(dataset, workers, epochs):
     return out
 
 
+def test_perturbed_items_match_their_planned_lengths_and_differ_from_clean_ones(bank):
+    speakers = ["jackson", "lucas"]
+    perturbed = DigitStringDataset(bank, "train", 12, FEATURES, VOCAB, seed=2, speakers=speakers, perturb=Perturb())
+    clean = DigitStringDataset(bank, "train", 12, FEATURES, VOCAB, seed=2, speakers=speakers)
+    for epoch in (0, 1):
+        perturbed.set_epoch(epoch)
+        clean.set_epoch(epoch)
+        draws = perturbed.draws(epoch)
+        assert {d.speed for d in draws} == {0.9, 1.0, 1.1} and any(d.noise for d in draws)
+        assert any(d.rt60 > 0 for d in draws)
+        for i, n in enumerate(perturbed.frame_lengths(epoch)):
+            item, plain = perturbed[i], clean[i]
+            assert item.features.shape[0] == n and item.text == plain.text
+            assert (n == plain.features.shape[0]) == (draws[i].speed == 1.0)
+            assert not torch.equal(item.features[: min(n, plain.features.shape[0])],
+                                   plain.features[: min(n, plain.features.shape[0])])
+    assert perturbed.draws(0) != perturbed.draws(1)
+
+
+def test_unseen_set_uses_only_the_held_out_speakers(bank):
+    unseen = DigitStringDataset(bank, "unseen", 30, FEATURES, VOCAB, seed=0, speakers=["nicolas"])
+    assert {bank.speakers[c] for p in unseen.plans(0) for c in p.clips} == {"nicolas"}
+    assert unseen.plans(0) == unseen.plans(3)
+
+
 def test_same_batches_with_0_and_2_workers(bank):
-    dataset = DigitStringDataset(bank, "train", 24, FEATURES, VOCAB, seed=5, spec_augment=SpecAugment())
+    dataset = DigitStringDataset(bank, "train", 24, FEATURES, VOCAB, seed=5, spec_augment=SpecAugment(),
+                                 perturb=Perturb())
     serial = loader_batches(dataset, 0, (0, 1))
     parallel = loader_batches(dataset, 2, (0, 1))
     assert [len(e) for e in serial] == [len(e) for e in parallel]

@@ -180,7 +180,7 @@ def test_rank_0_alone_prints_and_writes(ddp_run):
     out, _, _, stopped, resumed = ddp_run
     for printed in (stopped, resumed):
         assert printed.count("model: ctc on a conv encoder") == 1 and "x 2 ranks (DDP)" in printed
-    assert resumed.count(f"step {MAX_STEPS}: valid loss") == 1 and resumed.count("done: ") == 1
+    assert resumed.count(f"step {MAX_STEPS}: seen WER") == 1 and resumed.count("done: ") == 1
     assert [int(r["step"]) for r in metric_rows(out) if r["split"] == "train"] == list(range(1, MAX_STEPS + 1))
     assert {p.name for p in out.iterdir()} >= {"last.pt", "metrics.csv", "tensorboard", "loss.png", "wer.png"}
 

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from train_helpers import holdout_speakers
 
 from speechconv.config import CONFIG_DIR, compose, validate
 from speechconv.training.loop import train  # noqa: E402
@@ -28,10 +29,10 @@ TINY = [
 
 @pytest.fixture(scope="session")
 def tiny_fsdd(tmp_path_factory) -> Path:
-    """Two speakers, takes 0 (validation) and 5 (training) of every digit: 40 clips."""
+    """Two speakers and the held-out ones, takes 0 (validation) and 5 (training) of every digit."""
     folder = tmp_path_factory.mktemp("fsdd")
     for digit in range(10):
-        for speaker in ("jackson", "lucas"):
+        for speaker in ("jackson", "lucas", *holdout_speakers()):
             for take in (0, 5):
                 shutil.copy(FSDD / f"{digit}_{speaker}_{take}.flac", folder)
     return folder

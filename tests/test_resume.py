@@ -1,5 +1,6 @@
 """A run killed (SIGKILL) or stopped with Ctrl-C (SIGINT) and resumed with ``trainer.resume=true``
-ends bit for bit where an uninterrupted run with the same seed ends (CPU, one thread).
+ends bit for bit where an uninterrupted run with the same seed ends (CPU, one thread), with
+every perturbation (speed, reverberation, noise, gain, warping) and SpecAugment on.
 
 Each interrupted run is a real ``python train.py`` subprocess in its own session; the
 signal goes to the whole session (DataLoader workers included), as a terminal's does.
@@ -46,6 +47,14 @@ def reference(tmp_path_factory):
             torch.set_num_threads(threads)
 
     return shared_once(tmp_path_factory, "resume_reference", train) / "run"
+
+
+def test_the_compared_runs_have_every_augmentation_on(fsdd):
+    data = validate(compose([*RUN, f"data.fsdd_dir={fsdd}"])).data
+    on = data.augment
+    assert len(on.speeds) > 1 and on.reverb_prob > 0 and on.noise_prob > 0 and on.vtlp > 0
+    assert on.gain_db[1] > on.gain_db[0] and {"clip", "white"} <= set(on.noise_kinds)
+    assert data.spec_augment.freq_masks > 0 and data.spec_augment.time_masks > 0
 
 
 def assert_resumed_equals_reference(out, reference):

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import AUGMENT_ALL_ON, tiny_fsdd
 
-from speechconv.config import compose, validate
+from speechconv.config import ConfigError, compose, validate
 from speechconv.metrics import cer, wer
 from speechconv.models import CTCModel, ctc_collapse
 from speechconv.training import (
@@ -26,16 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 FSDD = ROOT / "data" / "fsdd"
 FIXTURES = ROOT / "data" / "fixtures"
 PNG = b"\x89PNG\r\n\x1a\n"
-TINY = ["data.train_size=6", "data.valid_size=3", "data.num_workers=0", "data.max_digits=2", "data.max_batch_size=2",
+WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+TINY = [*AUGMENT_ALL_ON, "data.train_size=6", "data.valid_size=3", "data.num_workers=0", "data.max_digits=2", "data.max_batch_size=2",
         "trainer.max_steps=4", "trainer.val_every=2", "trainer.log_every=1", "trainer.progress=false",
         "model.hidden=16", "model.projection=16"]
 
 
 def tiny(tmp_path_factory, *extra: str):
-    folder = tmp_path_factory.mktemp("fsdd")
-    for digit in range(10):
-        for take in (0, 5):
-            (folder / f"{digit}_jackson_{take}.flac").symlink_to(FSDD / f"{digit}_jackson_{take}.flac")
+    folder = tiny_fsdd(tmp_path_factory.mktemp("fsdd"))
     return validate(compose([*TINY, f"data.fsdd_dir={folder}", *extra]))
 
 
@@ -80,20 +79,55 @@ def test_checkpoint_holds_plain_values_for_resume(trained):
     assert [v["step"] for v in state["metrics"]["valid"]] == [2, 4]
 
 
-def test_eval_mode_scores_a_manifest_and_writes_hypotheses(trained, tmp_path, capsys):
+def test_eval_mode_scores_a_manifest_into_its_own_folder_with_wer_per_speaker(trained, tmp_path, capsys):
     _, out = trained
-    words = ["zero", "one", "two"]
+    clips = [(0, "lucas"), (1, "lucas"), (2, "nicolas"), (3, "nicolas"), (4, "nicolas"), (5, None)]
     manifest = tmp_path / "test.jsonl"
-    manifest.write_text("".join(json.dumps({"audio_filepath": str(FSDD / f"{d}_lucas_0.flac"), "text": w}) + "\n"
-                                for d, w in enumerate(words)))
-    code = run(compose(["mode=eval", f"checkpoint={out / 'last.pt'}", f"data.test_manifest={manifest}"]), tmp_path)
-    assert code == 0
+    manifest.write_text("".join(
+        json.dumps({"audio_filepath": str(FSDD / f"{d}_{s or 'yweweler'}_0.flac"), "text": WORDS[d],
+                    **({"speaker": s} if s else {})}) + "\n" for d, s in clips))
+    folders = [tmp_path / "eval_a", tmp_path / "eval_b"]
+    for folder in folders:
+        code = run(compose(["mode=eval", f"checkpoint={out / 'last.pt'}", f"data.test_manifest={manifest}"]), folder)
+        assert code == 0
     printed = capsys.readouterr().out
-    rows = [json.loads(line) for line in (out / "hypotheses_test.jsonl").read_text().splitlines()]
-    assert sorted(r["reference"] for r in rows) == sorted(words) and len(rows) == 3
+    assert not list(out.glob("hypotheses_*")), "eval wrote beside the checkpoint"
+    rows = [json.loads(line) for line in (folders[0] / "hypotheses_test.jsonl").read_text().splitlines()]
+    assert (folders[1] / "hypotheses_test.jsonl").read_text() == (folders[0] / "hypotheses_test.jsonl").read_text()
+    assert sorted(r["reference"] for r in rows) == sorted(WORDS[d] for d, _ in clips) and len(rows) == 6
     assert all(Path(r["audio_filepath"]).is_file() for r in rows)
     refs, hyps = [r["reference"] for r in rows], [r["hypothesis"] for r in rows]
     assert f"WER {100 * wer(refs, hyps).rate:.2f}%" in printed and f"CER {100 * cer(refs, hyps).rate:.2f}%" in printed
+    for speaker, n in (("lucas", 2), ("nicolas", 3)):
+        mine = [r for r in rows if r.get("speaker") == speaker]
+        w = wer([r["reference"] for r in mine], [r["hypothesis"] for r in mine]).rate
+        c = cer([r["reference"] for r in mine], [r["hypothesis"] for r in mine]).rate
+        assert f"speaker {speaker}: {n} utterances  WER {100 * w:.2f}%  CER {100 * c:.2f}%" in printed
+    assert printed.count("speaker ") == 2 * 2  # two speakers, two runs; the row without one is not a speaker
+
+
+def test_bad_manifest_rows_are_skipped_by_line_or_stop_the_run_with_strict(tmp_path):
+    """train.py with a manifest holding bad rows: each is printed with its line and skipped;
+    with data.strict=true the run stops at the first, naming its line."""
+    good = [json.dumps({"audio_filepath": str(FSDD / f"{d}_jackson_5.flac"), "text": WORDS[d]}) for d in range(4)]
+    lines = [good[0], "{not json", good[1], json.dumps({"audio_filepath": "missing.wav", "text": "one"}),
+             json.dumps({"audio_filepath": str(FSDD / "2_jackson_5.flac")}), good[2], good[3]]
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    args = [sys.executable, str(ROOT / "train.py"), "data=manifest", f"data.train_manifest={manifest}",
+            f"data.valid_manifest={manifest}", "trainer.max_steps=1", "trainer.progress=false", "data.num_workers=0",
+            "model.hidden=16", "model.projection=16"]
+    proc = subprocess.run([*args, f"hydra.run.dir={tmp_path / 'a'}"], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    skipped = [line for line in proc.stdout.splitlines() if line.startswith("warning: skipped")]
+    assert len(skipped) == 3 * 2  # three bad rows, read as the training and as the validation manifest
+    for number, cause in ((2, "invalid JSON"), (4, "does not exist"), (5, "missing key(s) ['text']")):
+        assert sum(f"{manifest}:{number}: " in line and cause in line for line in skipped) == 2, proc.stdout
+    proc = subprocess.run([*args, "data.strict=true", f"hydra.run.dir={tmp_path / 'b'}"], capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"error: {manifest}:2: invalid JSON") and "data.strict=false" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "b" / "last.pt").exists()
 
 
 def test_transcribe_mode_reports_bad_files_and_keeps_going(trained, tmp_path, capsys):
@@ -111,6 +145,7 @@ def test_transcribe_mode_reports_bad_files_and_keeps_going(trained, tmp_path, ca
 
 
 def test_same_seed_same_losses(tmp_path_factory):
+    """With every perturbation and SpecAugment on: the seed alone decides the losses."""
     runs = [loop.train(tiny(tmp_path_factory, "trainer.max_steps=3", f"trainer.seed={s}"), tmp_path_factory.mktemp("d"))
             for s in (7, 7, 8)]
     assert runs[0].losses == runs[1].losses
@@ -219,3 +254,23 @@ def test_train_py_asks_for_huge_pages_unless_told_otherwise(preset, expected):
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == repr([expected])
+
+
+def test_synthetic_voices_train_but_are_never_validated_nor_held_out(tmp_path_factory):
+    from speechconv.data.digits import default_synthetic_dir, folder_speakers
+    from speechconv.text import CharVocabulary
+    from speechconv.training.data import build_train_data
+
+    cfg = tiny(tmp_path_factory, "data.train_size=200")
+    assert cfg.data.synthetic_voices and folder_speakers(default_synthetic_dir()) == ["espeak"]
+    data = build_train_data(cfg.data, cfg.features, CharVocabulary(), 0)
+    bank = data.train.bank
+    trained_on = {bank.speakers[p.clips[0]] for p in data.train.plans(0)}
+    assert "espeak" in trained_on and not trained_on & set(cfg.data.holdout_speakers)
+    for name, valid in data.valid.items():
+        assert "espeak" not in {bank.speakers[c] for p in valid.plans(0) for c in p.clips}, name
+    with pytest.raises(ConfigError, match="synthetic voices are training material only"):
+        build_train_data(tiny(tmp_path_factory, "data.holdout_speakers=[espeak]").data, cfg.features,
+                         CharVocabulary(), 0)
+    plain = tiny(tmp_path_factory, "data.synthetic_voices=false")
+    assert "espeak" not in build_train_data(plain.data, plain.features, CharVocabulary(), 0).train.bank.speakers

@@ -22,7 +22,11 @@ FSDD = ROOT / "data" / "fsdd"
 # checkpoint every 2 steps lands mid-epoch as often as not.  One thread per process: the runs
 # compared bit for bit must use the same kernels, and two processes share two cores.
 MAX_STEPS = 16
-RUN = ["data.train_size=6", "data.valid_size=3", "data.num_workers=0", "data.max_digits=2", "data.max_batch_size=2",
+AUGMENT_ALL_ON = ["data.augment.speeds=[0.9,1.0,1.1]", "data.augment.reverb_prob=0.5", "data.augment.noise_prob=0.5",
+                  "data.augment.noise_kinds=[clip,white,pink,brown]", "data.augment.gain_db=[-10,10]",
+                  "data.augment.vtlp=0.1", "data.spec_augment.freq_masks=2", "data.spec_augment.time_masks=2"]
+"""Every perturbation and SpecAugment on, whatever the defaults (the runs compared bit for bit use them)."""
+RUN = [*AUGMENT_ALL_ON, "data.train_size=6", "data.valid_size=3", "data.num_workers=0", "data.max_digits=2", "data.max_batch_size=2",
        f"trainer.max_steps={MAX_STEPS}", "trainer.val_every=8", "trainer.checkpoint_every=2", "trainer.log_every=1",
        "trainer.progress=false", "trainer.num_threads=1", "model.hidden=16", "model.projection=16"]
 IN_PROCESS = [o for o in RUN if not o.startswith(("trainer.max_steps", "trainer.num_threads"))]
@@ -47,14 +51,23 @@ def shared_once(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Pa
     return folder
 
 
+def holdout_speakers() -> list[str]:
+    """The speakers ``data=digits`` holds out of training by default."""
+    from speechconv.config import compose, validate
+
+    return validate(compose()).data.holdout_speakers
+
+
 def tiny_fsdd(folder: Path) -> Path:
-    """Takes 0 (validation) and 5 (training) of one speaker's ten digits, linked into ``folder``."""
+    """Takes 0 (validation) and 5 (training) of one speaker's ten digits, and the same of the
+    default held-out speakers (the unseen validation set), linked into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    for digit in range(10):
-        for take in (0, 5):
-            link = folder / f"{digit}_jackson_{take}.flac"
-            if not link.exists():
-                link.symlink_to(FSDD / f"{digit}_jackson_{take}.flac")
+    for speaker in ("jackson", *holdout_speakers()):
+        for digit in range(10):
+            for take in (0, 5):
+                link = folder / f"{digit}_{speaker}_{take}.flac"
+                if not link.exists():
+                    link.symlink_to(FSDD / f"{digit}_{speaker}_{take}.flac")
     return folder
 
 

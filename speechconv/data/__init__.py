@@ -1,9 +1,10 @@
-"""Data for training: manifests, FSDD digit strings, datasets, bucketed batches, SpecAugment.
+"""Data for training: manifests, FSDD digit strings, datasets, perturbations, bucketed batches, SpecAugment.
 
 Typical use (what ``train.py`` does)::
 
     bank = load_fsdd(sample_rate=features.sample_rate)          # once, before workers fork
-    train = DigitStringDataset(bank, "train", 4000, features, vocab, seed=0, spec_augment=SpecAugment())
+    train = DigitStringDataset(bank, "train", 4000, features, vocab, seed=0, spec_augment=SpecAugment(),
+                               speakers=["jackson", "lucas", "yweweler"], perturb=Perturb())
     sampler = LengthBucketSampler(train.frame_lengths, max_frames=8000, max_batch_size=64, seed=0)
     loader = DataLoader(train, batch_sampler=sampler, collate_fn=Collate(vocab.pad_id),
                         num_workers=1, worker_init_fn=worker_init_fn)
@@ -22,11 +23,13 @@ from speechconv.data.digits import (
     FsddBank,
     compose,
     default_fsdd_dir,
+    eval_strings,
     load_fsdd,
     plan_epoch,
     transcript,
 )
 from speechconv.data.manifest import ManifestEntry, ManifestError, read_manifest, write_manifest
+from speechconv.data.perturb import Draw, MelWarp, Perturb
 from speechconv.data.sampler import LengthBucketSampler, bucket_batches
 
 __all__ = [
@@ -36,17 +39,21 @@ __all__ = [
     "DigitStringConfig",
     "DigitStringDataset",
     "DigitStringPlan",
+    "Draw",
     "FsddBank",
     "Item",
     "LengthBucketSampler",
     "ManifestDataset",
     "ManifestEntry",
     "ManifestError",
+    "MelWarp",
+    "Perturb",
     "SpecAugment",
     "bucket_batches",
     "collate",
     "compose",
     "default_fsdd_dir",
+    "eval_strings",
     "load_fsdd",
     "plan_epoch",
     "read_manifest",

@@ -1,9 +1,10 @@
-"""JSON-lines manifests: one utterance per line, ``{"audio_filepath", "text", "duration"}``.
+"""JSON-lines manifests: one utterance per line, ``{"audio_filepath", "text", "duration", "speaker"}``.
 
 ``audio_filepath`` may be absolute or relative; relative paths resolve against the
 manifest's own folder (so a folder of audio plus its manifest can be moved as one).
 ``duration`` (seconds) is optional and filled from the audio header when audio is
-checked.  Bad rows (invalid JSON, missing or mistyped keys, missing or unreadable
+checked.  ``speaker`` (a name) is optional: ``mode=eval`` then reports WER per
+speaker.  Bad rows (invalid JSON, missing or mistyped keys, missing or unreadable
 audio, empty text) are reported with their line numbers and skipped; ``strict=True``
 raises :class:`ManifestError` on the first one instead.
 """
@@ -29,11 +30,13 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class ManifestEntry:
-    """One utterance: resolved audio path, raw transcript, duration in seconds (or None)."""
+    """One utterance: resolved audio path, raw transcript, duration in seconds (or None),
+    speaker name (or None)."""
 
     audio_filepath: Path
     text: str
     duration: float | None = None
+    speaker: str | None = None
 
 
 def _check_row(row: object, folder: Path, check_audio: bool) -> ManifestEntry:
@@ -43,13 +46,15 @@ def _check_row(row: object, folder: Path, check_audio: bool) -> ManifestEntry:
     missing = [k for k in REQUIRED_KEYS if k not in row]
     if missing:
         raise ValueError(f"missing key(s) {missing}; every row needs {list(REQUIRED_KEYS)}")
-    audio, text, duration = row["audio_filepath"], row["text"], row.get("duration")
+    audio, text, duration, speaker = row["audio_filepath"], row["text"], row.get("duration"), row.get("speaker")
     if not isinstance(audio, str) or not audio:
         raise ValueError(f"audio_filepath must be a non-empty string, got {audio!r}")
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"text must be a non-empty string, got {text!r}")
     if duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float)) or duration < 0):
         raise ValueError(f"duration must be a number of seconds >= 0 or absent, got {duration!r}")
+    if speaker is not None and (not isinstance(speaker, str) or not speaker.strip()):
+        raise ValueError(f"speaker must be a non-empty string or absent, got {speaker!r}")
     path = Path(audio) if os.path.isabs(audio) else folder / audio
     if check_audio:
         if not path.is_file():
@@ -62,7 +67,7 @@ def _check_row(row: object, folder: Path, check_audio: bool) -> ManifestEntry:
             raise ValueError(f"audio file {path} holds no samples")
         if duration is None:
             duration = info.frames / info.samplerate
-    return ManifestEntry(path, text, None if duration is None else float(duration))
+    return ManifestEntry(path, text, None if duration is None else float(duration), speaker)
 
 
 def read_manifest(
@@ -103,7 +108,8 @@ def read_manifest(
         except ValueError as exc:
             message = f"{manifest}:{number}: {exc}"
             if strict:
-                raise ManifestError(message + "; fix or remove the row, or read with strict=False to skip it") from exc
+                raise ManifestError(message + "; fix or remove the row, or read with strict=False (train.py: "
+                                    "data.strict=false) to skip it") from exc
             problems.append(message)
     return entries, problems
 
@@ -112,7 +118,7 @@ def write_manifest(path: str | os.PathLike, entries: Iterable[ManifestEntry]) ->
     """Write ``entries`` as JSON lines, atomically.
 
     Audio paths inside the manifest's folder are written relative to it (so the folder
-    stays movable), others absolute.  ``duration`` is written when known.
+    stays movable), others absolute.  ``duration`` and ``speaker`` are written when known.
     """
     manifest = Path(path)
     folder = manifest.resolve().parent
@@ -126,5 +132,7 @@ def write_manifest(path: str | os.PathLike, entries: Iterable[ManifestEntry]) ->
         row: dict[str, object] = {"audio_filepath": audio_text, "text": entry.text}
         if entry.duration is not None:
             row["duration"] = entry.duration
+        if entry.speaker is not None:
+            row["speaker"] = entry.speaker
         lines.append(json.dumps(row, ensure_ascii=False))
     atomic_write_text(manifest, "".join(line + "\n" for line in lines))

@@ -33,7 +33,7 @@ def run(cfg: Any, out_dir: str | Path) -> int:
     if config.mode == "eval":
         from speechconv.training.evaluate import run_eval
 
-        return run_eval(config)
+        return run_eval(config, out_dir)
     from speechconv.training.transcribe import run_transcribe
 
     return run_transcribe(config)

@@ -15,6 +15,7 @@ from speechconv.config import Config
 from speechconv.data import Batch
 from speechconv.metrics import cer, wer
 from speechconv.text import CharVocabulary
+from speechconv.training.outputs import writing
 from speechconv.training.runlog import say
 
 
@@ -50,14 +51,29 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], vocab: CharVocabulary, 
     return EvalResult(wer(refs, hyps).rate, cer(refs, hyps).rate, sum(losses) / max(len(losses), 1), rows)
 
 
-def run_eval(cfg: Config) -> int:
-    """``mode=eval``: score ``cfg.checkpoint`` on ``cfg.data.test_manifest``; print WER and CER and
-    write one JSON line per utterance beside the checkpoint (``hypotheses_<manifest>.jsonl``)."""
+def speaker_rates(rows: list[dict]) -> dict[str, tuple[float, float, int]]:
+    """``{speaker: (WER, CER, utterances)}`` of the rows that name a ``speaker``, sorted by name."""
+    by: dict[str, list[dict]] = {}
+    for row in rows:
+        if row.get("speaker") is not None:
+            by.setdefault(row["speaker"], []).append(row)
+    out = {}
+    for speaker in sorted(by):
+        refs, hyps = [r["reference"] for r in by[speaker]], [r["hypothesis"] for r in by[speaker]]
+        out[speaker] = (wer(refs, hyps).rate, cer(refs, hyps).rate, len(refs))
+    return out
+
+
+def run_eval(cfg: Config, out_dir: str | Path) -> int:
+    """``mode=eval``: score ``cfg.checkpoint`` on ``cfg.data.test_manifest``; print WER and CER
+    (and per speaker, when the manifest's rows name one) and write one JSON line per
+    utterance into this run's folder ``out_dir`` (``hypotheses_<manifest>.jsonl``)."""
     from speechconv.training.checkpoint import restore_model
     from speechconv.training.data import loader, manifest_dataset
 
     model, run_cfg, vocab = restore_model(cfg.checkpoint, cfg.trainer.device)
-    dataset = manifest_dataset(cfg.data.test_manifest, "data.test_manifest", run_cfg.features, vocab)
+    dataset = manifest_dataset(cfg.data.test_manifest, "data.test_manifest", run_cfg.features, vocab,
+                               strict=cfg.data.strict)
     data_cfg = run_cfg.data
     data_cfg.num_workers = cfg.data.num_workers
     batches = loader(dataset, data_cfg, vocab)
@@ -65,10 +81,16 @@ def run_eval(cfg: Config) -> int:
     result = evaluate(model, batches, vocab, run_cfg.model.max_decode_len, cfg.trainer.device)
     for row, i in zip(result.rows, order, strict=True):
         row["audio_filepath"] = str(dataset.entries[i].audio_filepath)
+        if dataset.entries[i].speaker is not None:
+            row["speaker"] = dataset.entries[i].speaker
     result.rows.sort(key=lambda r: r["audio_filepath"])
-    out = Path(cfg.checkpoint).resolve().parent / f"hypotheses_{Path(cfg.data.test_manifest).stem}.jsonl"
-    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in result.rows))
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir) / f"hypotheses_{Path(cfg.data.test_manifest).stem}.jsonl"
+    with writing(out):
+        atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in result.rows))
     say(f"{cfg.data.test_manifest}: {len(result.rows)} utterances  WER {100 * result.wer:.2f}%  "
         f"CER {100 * result.cer:.2f}%  loss {result.loss:.4f}")
+    for speaker, (w, c, n) in speaker_rates(result.rows).items():
+        say(f"  speaker {speaker}: {n} utterances  WER {100 * w:.2f}%  CER {100 * c:.2f}%")
     say(f"hypotheses: {out}")
     return 0

@@ -3,9 +3,10 @@
 Per step: wait for the next batch (timed as *data*), one guarded optimiser step
 (:mod:`speechconv.training.step`: forward, non-finite checks, backward, clip, AdamW,
 schedule; timed as *compute*), log.  Every ``val_every`` steps and at the end:
-validation loss, greedy WER/CER on the fixed validation set and a checkpoint
+validation loss, greedy WER/CER on each fixed validation set (the seen speakers'
+test takes and, with ``data.holdout_speakers``, the unseen speakers) and a checkpoint
 (``last.pt``; also every ``checkpoint_every`` steps); at the end the curves.  The
-validation batches are computed once and kept, since the set never changes.
+validation batches are computed once and kept, since the sets never change.
 
 Determinism: torch, numpy and python are seeded from ``trainer.seed``; the data
 depend only on (seed, epoch, index) (see :mod:`speechconv.data`), so the same config
@@ -174,15 +175,19 @@ def _train(cfg: Config, out_dir: Path, ctx: DistContext) -> TrainResult:
                                             forward_sync_buffers=False)  # synced batch norms keep the buffers equal
     sampler = ShardedBatchSampler(data.sampler, ctx.rank, ctx.world_size) if ctx.active else data.sampler
     n_params = sum(p.numel() for p in model.parameters())
+    sets = " + ".join(f"{len(v)} {k}" for k, v in data.valid.items())
+    held = f" (unseen: {', '.join(sorted(set(cfg.data.holdout_speakers)))})" if "unseen" in data.valid else ""
+    speakers = getattr(data.train, "speakers", None)
+    held += f"; training speakers: {', '.join(speakers)}" if speakers else ""
     _say(ctx, f"model: {cfg.model.type} on a {cfg.encoder.type} encoder, {n_params:,} parameters; "
-              f"{len(data.train)} training / {len(data.valid)} validation utterances; device {device}"
+              f"{len(data.train)} training / {sets} validation utterances{held}; device {device}"
               + (f" x {ctx.world_size} ranks (DDP)" if ctx.active else ""))
 
     guard = NonFiniteGuard(trainer.nonfinite, trainer.max_skips, verbose=ctx.is_main)
     stepper = Stepper(model, ddp_model, optimizer, scheduler, trainer.grad_clip, guard, ctx)
     logger = MetricsLogger(out_dir, rows=at.rows, purge_step=at.step + 1 if resume_from else None) if ctx.is_main else None
     result = TrainResult(valid=list(at.valid or []))
-    valid_batches: list[Batch] | None = None
+    valid_batches: dict[str, list[Batch]] | None = None
     max_len = cfg.model.max_decode_len
     step, epoch, saved_step = at.step, at.epoch, at.step if resume_from else -1
     bar = tqdm(total=trainer.max_steps, initial=step, disable=not (trainer.progress and ctx.is_main),
@@ -237,8 +242,9 @@ def _train(cfg: Config, out_dir: Path, ctx: DistContext) -> TrainResult:
                         validate = step % trainer.val_every == 0 or step == trainer.max_steps
                         if validate and ctx.is_main:
                             if valid_batches is None:
-                                valid_batches = list(loader(data.valid, cfg.data, vocab))
-                                result.plots += _plot_features(valid_batches[0], out_dir, cfg.features.hop_ms)
+                                valid_batches = {k: list(loader(v, cfg.data, vocab)) for k, v in data.valid.items()}
+                                result.plots += _plot_features(valid_batches["seen"][0], out_dir,
+                                                               cfg.features.hop_ms)
                             _validate(model, valid_batches, vocab, max_len, device, step, epoch, start, result,
                                       logger)
                         if validate or (trainer.checkpoint_every and step % trainer.checkpoint_every == 0):
@@ -300,14 +306,26 @@ def _plot_features(batch: Batch, out_dir: Path, hop_ms: float) -> list[Path]:
     return [plot] if plot else []
 
 
-def _validate(model: nn.Module, batches: list[Batch], vocab: CharVocabulary, max_len: int, device: torch.device,
-              step: int, epoch: int, start: float, result: TrainResult, logger: MetricsLogger) -> None:
-    """Validation loss and greedy WER/CER (rank 0 only), logged and printed."""
-    ev = evaluate(model, batches, vocab, max_len, device)
-    result.valid.append({"step": step, "loss": ev.loss, "wer": ev.wer, "cer": ev.cer})
-    logger.log(step, "valid", epoch=epoch, loss=ev.loss, wer=ev.wer, cer=ev.cer, elapsed_s=time.perf_counter() - start)
-    say(f"step {step}: valid loss {ev.loss:.4f}  WER {100 * ev.wer:.2f}%  CER {100 * ev.cer:.2f}%"
-        f"  e.g. '{ev.rows[0]['hypothesis']}' for '{ev.rows[0]['reference']}'")
+VALID_SPLITS = {"seen": "valid", "unseen": "unseen"}
+"""metrics.csv ``split`` of each validation set."""
+
+
+def _validate(model: nn.Module, sets: dict[str, list[Batch]], vocab: CharVocabulary, max_len: int,
+              device: torch.device, step: int, epoch: int, start: float, result: TrainResult,
+              logger: MetricsLogger) -> None:
+    """Validation loss and greedy WER/CER of each set (rank 0 only), logged and printed."""
+    entry: dict = {"step": step}
+    parts = []
+    for name, batches in sets.items():
+        ev = evaluate(model, batches, vocab, max_len, device)
+        prefix = "" if name == "seen" else f"{name}_"
+        entry.update({f"{prefix}loss": ev.loss, f"{prefix}wer": ev.wer, f"{prefix}cer": ev.cer})
+        logger.log(step, VALID_SPLITS[name], epoch=epoch, loss=ev.loss, wer=ev.wer, cer=ev.cer,
+                   elapsed_s=time.perf_counter() - start)
+        parts.append(f"{name} WER {100 * ev.wer:.2f}% CER {100 * ev.cer:.2f}% (loss {ev.loss:.4f}, "
+                     f"e.g. '{ev.rows[0]['hypothesis']}' for '{ev.rows[0]['reference']}')")
+    result.valid.append(entry)
+    say(f"step {step}: " + "  |  ".join(parts))
 
 
 def _print_summary(result: TrainResult, out_dir: Path) -> None:
@@ -318,7 +336,11 @@ def _print_summary(result: TrainResult, out_dir: Path) -> None:
         f"steps/s); per step {1000 * loop_s / steps:.0f} ms = {1000 * result.data_s / steps:.0f} ms waiting for "
         f"data ({100 * result.data_s / max(loop_s, 1e-9):.1f}%) + {1000 * result.compute_s / steps:.0f} ms compute")
     if last:
-        say(f"final validation: WER {100 * last['wer']:.2f}%  CER {100 * last['cer']:.2f}%  loss {last['loss']:.4f}")
+        say(f"final validation, seen speakers: WER {100 * last['wer']:.2f}%  CER {100 * last['cer']:.2f}%  "
+            f"loss {last['loss']:.4f}")
+    if "unseen_wer" in last:
+        say(f"final validation, unseen speakers: WER {100 * last['unseen_wer']:.2f}%  "
+            f"CER {100 * last['unseen_cer']:.2f}%  loss {last['unseen_loss']:.4f}")
     say(f"checkpoint: {result.checkpoint}")
     say(f"metrics: {out_dir / 'metrics.csv'}  tensorboard: {out_dir / 'tensorboard'}")
     say("plots: " + "  ".join(str(p) for p in result.plots))

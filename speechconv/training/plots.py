@@ -14,7 +14,8 @@ def _series(rows: list[dict], split: str, key: str) -> tuple[list[int], list[flo
 
 
 def plot_curves(rows: list[dict], folder: str | os.PathLike) -> list[Path]:
-    """``loss.png`` (training and validation loss) and ``wer.png`` (validation WER and CER)
+    """``loss.png`` (training and validation loss) and ``wer.png`` (validation WER and CER,
+    seen and unseen speakers)
     from the metric rows of :class:`speechconv.training.logging.MetricsLogger`."""
     import matplotlib
 
@@ -24,12 +25,17 @@ def plot_curves(rows: list[dict], folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     paths = []
     for name, curves, ylabel in (
-        ("loss.png", [("train", "loss", "training loss"), ("valid", "loss", "validation loss")], "loss"),
-        ("wer.png", [("valid", "wer", "WER"), ("valid", "cer", "CER")], "error rate (%)"),
+        ("loss.png", [("train", "loss", "training loss"), ("valid", "loss", "validation loss, seen speakers"),
+                      ("unseen", "loss", "validation loss, unseen speakers")], "loss"),
+        ("wer.png", [("valid", "wer", "WER, seen speakers"), ("valid", "cer", "CER, seen speakers"),
+                     ("unseen", "wer", "WER, unseen speakers"), ("unseen", "cer", "CER, unseen speakers")],
+         "error rate (%)"),
     ):
         fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
         for split, key, label in curves:
             steps, values = _series(rows, split, key)
+            if not steps:
+                continue
             if name == "wer.png":
                 values = [100 * v for v in values]
             ax.plot(steps, values, marker="o" if split == "valid" else None, markersize=3, label=label)
