@@ -161,6 +161,26 @@ def front_end_look_ahead(feature_look_ahead: int, encoder_look_ahead: int, hop_l
     return feature_look_ahead + encoder_look_ahead * hop_length
 
 
+def stack_frames_ready(num_frames: int, layers: Sequence[AxisGeometry]) -> int:
+    """Output frames a stream of a fixed-alignment stack (every padding ``valid``,
+    ``causal`` or an int) has given after ``num_frames`` input frames, before the end.
+
+    Each layer computes every window whose frames are in: with ``p`` zeros before it
+    (:func:`padding_amounts`) and ``n`` input frames, ``(p + n - k) // s + 1`` windows
+    when ``p + n >= k``, else 0; the zeros after the end come only with ``finish``.  A
+    stream that has had no frame gives nothing (windows of padding alone wait for its
+    first frame).
+    """
+    if num_frames <= 0:
+        return 0
+    n = num_frames
+    for g in layers:
+        assert g.padding != "same", "SAME padding has no fixed alignment: it cannot stream"
+        before = padding_amounts(1, g.kernel, g.stride, g.padding)[0]
+        n = (before + n - g.kernel) // g.stride + 1 if before + n >= g.kernel else 0
+    return n
+
+
 def batch_bound(counts: torch.Tensor, bound: int) -> int:
     """Size of a buffer that holds ``counts`` ``(B,)`` items per stream, at most ``bound``.
 

@@ -164,18 +164,36 @@ class FeatureStream:
         if samples.dim() != (1 if single else 2) or not samples.is_floating_point():
             expected = "(S,) for one stream" if single else f"(B, S) with B = {self.batch_size}"
             raise ValueError(f"samples must be float {expected}, got {samples.dtype} {tuple(samples.shape)}")
-        batch = samples[None] if single else samples  # (S,) -> (1, S)
-        B, S = batch.shape
-        device = self.state.made.device
-        lens = torch.full((B,), S, dtype=torch.int64, device=device) if lengths is None or single else \
-            torch.as_tensor(lengths, device=device).reshape(-1).to(torch.int64)
-        if B != self.state.made.shape[0] or lens.shape != (B,) or bool(((lens < 0) | (lens > S)).any()):
-            raise ValueError(f"expected {self.state.made.shape[0]} rows with lengths in [0, {S}], got samples "
-                             f"{tuple(samples.shape)} and lengths {lengths!r}")
-        final = torch.zeros(B, dtype=torch.bool, device=device)
-        frames, counts, self.state = self.step(self.state, batch, lens, final)
+        frames, counts = self.advance(samples[None] if single else samples,  # (S,) -> (1, S)
+                                      None if single else lengths)
         out = [frames[b, :n] for b, n in enumerate(counts.tolist())]
         return out[0] if single else out
+
+    def advance(self, chunk: torch.Tensor, lengths: torch.Tensor | None = None,
+                final: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`step` on this stream's own state, with the input checked: the batched
+        form that a front-end stream chains to the encoder's.
+
+        Args:
+            chunk: ``(B, S)`` float; ``lengths``: ``(B,)`` samples of each row to take
+                (``None``: all ``S``); ``final``: ``(B,)`` bool, the streams that end
+                after them (``None``: none).
+
+        Returns:
+            ``(frames (B, E, F, C), counts (B,))``: stream ``b``'s new frames are
+            ``frames[b, :counts[b]]``.
+        """
+        B = self.state.made.shape[0]
+        device = self.state.made.device
+        S = chunk.shape[-1]
+        lens = torch.full((B,), S, dtype=torch.int64, device=device) if lengths is None else \
+            torch.as_tensor(lengths, device=device).reshape(-1).to(torch.int64)
+        if chunk.dim() != 2 or chunk.shape[0] != B or lens.shape != (B,) or bool(((lens < 0) | (lens > S)).any()):
+            raise ValueError(f"expected {B} rows with lengths in [0, {S}], got samples "
+                             f"{tuple(chunk.shape)} and lengths {lengths!r}")
+        final = torch.zeros(B, dtype=torch.bool, device=device) if final is None else final.to(device, torch.bool)
+        frames, counts, self.state = self.step(self.state, chunk.to(device=device, dtype=torch.float32), lens, final)
+        return frames, counts
 
     def finish(self, index: int | None = None) -> torch.Tensor | list[torch.Tensor]:
         """End stream ``index`` (``None``: every stream) and return its last frames.
@@ -188,8 +206,7 @@ class FeatureStream:
         B, device = self.state.made.shape[0], self.state.made.device
         final = torch.ones(B, dtype=torch.bool, device=device) if index is None else \
             torch.arange(B, device=device) == index
-        empty = self.state.samples.new_zeros(B, 0)
-        frames, counts, self.state = self.step(self.state, empty, torch.zeros_like(self.state.made), final)
+        frames, counts = self.advance(self.state.samples.new_zeros(B, 0), None, final)
         out = [frames[b, :n] for b, n in enumerate(counts.tolist())]
         return out if index is None and self.batch_size is not None else out[0 if index is None else index]
 
