@@ -1,4 +1,4 @@
-"""speechconv's one entry point: ``python train.py [mode=shapes|train|eval|transcribe] [overrides]``.
+"""speechconv's one entry point: ``python train.py [mode=shapes|train|eval|transcribe|stream|export] [overrides]``.
 
 Examples::
 
@@ -6,30 +6,63 @@ Examples::
     python train.py mode=shapes encoder.layers.0.filters=64 features.n_mels=40
     python train.py mode=eval checkpoint=outputs/<run>/last.pt data.test_manifest=test.jsonl
     python train.py mode=transcribe checkpoint=outputs/<run>/last.pt 'audio=[a.wav,b.flac]'
+    python train.py mode=stream checkpoint=outputs/<run>/last.pt 'audio=[a.wav]' stream.chunk_ms=100
+    python train.py mode=export checkpoint=outputs/<run>/last.pt export.format=onnx
 
-Configs: ``configs/`` (schemas in ``speechconv/config.py``).  Everything else is in
-:mod:`speechconv.training`, which tests call directly.
+Configs: ``configs/``, typed by the schemas that :func:`register_configs` puts in Hydra's
+ConfigStore (:class:`speechconv.config.Config` and one per group, so that each YAML
+preset lists only what differs from its schema).  This file is the only one that imports
+Hydra; the jobs are :mod:`speechconv.training`, which tests call directly, composing
+configs with :func:`compose`.
 """
 
 from __future__ import annotations
 
-import os
 import sys
+from pathlib import Path
+from typing import Any
 
-# Set before torch is imported (PyTorch reads it once per process): CPU tensors of 2 MB
-# or more get 2 MB pages (madvise), so a fresh batch-sized tensor costs a few page
-# faults instead of thousands.  Same values; bench/encoder.py's steps on 16 x 1000-frame
-# batches run a third to a half faster, while make run's batches of <= 4000 frames show
-# no difference beyond noise (300-step A/B: 141-149 ms per step with, 148-153 without).
-# An explicit THP_MEM_ALLOC_ENABLE=0 in the environment is kept.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
 
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from speechconv.config import Config, TrainerConfig
+from speechconv.data.config import DataConfig
+from speechconv.encoder_config import EncoderSettings
+from speechconv.feature_config import FeatureConfig
+from speechconv.models.config import ModelConfig
+from speechconv.training import main as run_job
 
-from speechconv.config import register_configs  # noqa: E402
-from speechconv.training import main as run_job  # noqa: E402
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+"""The YAML presets (``configs/``)."""
+
+GROUP_SCHEMAS = {"features": FeatureConfig, "encoder": EncoderSettings, "model": ModelConfig,
+                 "data": DataConfig, "trainer": TrainerConfig}
+"""The schema of each config group with presets in ``configs/``, stored as
+``<group>/base_<group>``: a preset names it first in its defaults list and lists only the
+keys it changes.  (``stream`` and ``export`` have no presets: set their keys directly.)"""
+
+
+def register_configs() -> None:
+    """Store the schemas in Hydra's ConfigStore: ``base_config`` (the whole
+    :class:`Config`, first in ``configs/config.yaml``) and ``base_<group>`` per group."""
+    store = ConfigStore.instance()
+    store.store(name="base_config", node=Config)
+    for group, schema in GROUP_SCHEMAS.items():
+        store.store(group=group, name=f"base_{group}", node=schema)
+
+
+def compose(overrides: list[str] | None = None, config_dir: str | Path = CONFIG_DIR) -> Any:
+    """The config ``python train.py OVERRIDES`` would run, composed without running anything
+    (Hydra's compose API; for tests and notebooks).  Returns an OmegaConf ``DictConfig``;
+    pass it to :func:`speechconv.config.validate` or :func:`speechconv.training.run`."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None):
+        return hydra_compose("config", overrides=list(overrides or []))
+
 
 register_configs()
 

@@ -28,8 +28,7 @@ backward of ``out.sum()`` in train mode.  Shapes: ``16 x 1000`` frames, and
 Page sizes, one child process each (PyTorch reads ``THP_MEM_ALLOC_ENABLE`` once):
 ``4 KB`` (``THP_MEM_ALLOC_ENABLE=0``, torch's default: every tensor of 2 MB or more is
 fresh memory from the kernel, faulted in 4 KB at a time) and ``huge``
-(``THP_MEM_ALLOC_ENABLE=1``: such tensors are mapped 2 MB at a time; ``train.py``'s
-setting).  On CPU these layers are memory-bound, and a fresh batch-sized tensor costs
+(``THP_MEM_ALLOC_ENABLE=1``: such tensors are mapped 2 MB at a time).  On CPU these layers are memory-bound, and a fresh batch-sized tensor costs
 about as much as the pass that fills it, so time follows the count of batch-sized
 tensors a step makes.
 

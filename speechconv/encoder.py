@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from speechconv import masking, shapes
-from speechconv.encoder_config import EncoderConfig, LayerConfig, freq_geometries, time_geometries
+from speechconv.encoder_config import EncoderConfig, LayerConfig, check_freq_fit, freq_geometries, time_geometries
 from speechconv.encoder_stream import BatchedEncoderStream, EncoderStream
 from speechconv.layers import Concat, GatedMix, LearnedMix, Sum
 
@@ -103,12 +103,6 @@ class ConvLayer(nn.Module):
         fg = lc.freq_geometry(in_freq)
         freq_before, freq_after = shapes.padding_amounts(in_freq, fg.kernel, fg.stride, fg.padding)
         padded_freq = in_freq + freq_before + freq_after
-        if fg.kernel > padded_freq:
-            raise ValueError(
-                f"encoder {name}: frequency kernel {fg.kernel} is larger than the {padded_freq} rows it sees "
-                f"({in_freq} input rows + padding {fg.padding!r}); use a smaller kernel, 'same' padding or fewer "
-                f"subsampling layers before it"
-            )
         self.in_freq = in_freq
         self.out_freq = shapes.conv_out_length(in_freq, fg.kernel, fg.stride, fg.padding)
         assert self.out_freq == (padded_freq - fg.kernel) // fg.stride + 1, (
@@ -196,6 +190,7 @@ class ConvBranch(nn.Module):
 
     def __init__(self, layers: list[LayerConfig], in_channels: int, in_freq: int, name: str) -> None:
         super().__init__()
+        check_freq_fit(layers, in_freq, f"encoder.{name}")
         mods = []
         for i, lc in enumerate(layers):
             mods.append(ConvLayer(lc, in_channels, in_freq, f"{name}.{i}"))

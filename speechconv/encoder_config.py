@@ -12,17 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from speechconv import shapes
+from speechconv.checks import bad, check_choice, check_int
 from speechconv.shapes import AxisGeometry
 
 LAYER_KINDS = ("conv", "stack")
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "none")
 TOO_SHORT_POLICIES = ("error", "pad")
 FUSIONS = ("mix", "gated", "concat", "sum")
-
-
-def _bad(key: str, value: object, allowed: str, fix: str = "") -> ValueError:
-    msg = f"encoder.{key}={value!r} is invalid: expected {allowed}"
-    return ValueError(msg + (f"; {fix}" if fix else ""))
 
 
 def _pair(key: str, value: Any) -> tuple[int, int]:
@@ -32,7 +28,7 @@ def _pair(key: str, value: Any) -> tuple[int, int]:
         t, f = value
         return int(t), int(f)
     except (TypeError, ValueError):
-        raise _bad(key, value, "an int or a [time, freq] pair of ints") from None
+        raise bad(f"encoder.{key}", value, "an int or a [time, freq] pair of ints") from None
 
 
 @dataclass
@@ -72,25 +68,25 @@ class LayerConfig:
 
     def validate(self, where: str = "layer") -> None:
         if self.kind not in LAYER_KINDS:
-            raise _bad(f"{where}.kind", self.kind, f"one of {LAYER_KINDS}")
+            raise bad(f"encoder.{where}.kind", self.kind, f"one of {LAYER_KINDS}")
         if not isinstance(self.filters, int) or self.filters < 1:
-            raise _bad(f"{where}.filters", self.filters, "an int >= 1")
+            raise bad(f"encoder.{where}.filters", self.filters, "an int >= 1")
         kt, kf = _pair(f"{where}.kernel", self.kernel)
         st, sf = _pair(f"{where}.stride", self.stride)
         if min(kt, kf) < 1:
-            raise _bad(f"{where}.kernel", self.kernel, "sizes >= 1")
+            raise bad(f"encoder.{where}.kernel", self.kernel, "sizes >= 1")
         if min(st, sf) < 1:
-            raise _bad(f"{where}.stride", self.stride, "strides >= 1", "use 1 for no subsampling")
+            raise bad(f"encoder.{where}.stride", self.stride, "strides >= 1", "use 1 for no subsampling")
         for p in self.paddings:
             if isinstance(p, bool) or not (p in shapes.PADDINGS or (isinstance(p, int) and p >= 0)):
-                raise _bad(f"{where}.padding", self.padding,
+                raise bad(f"encoder.{where}.padding", self.padding,
                            "'same', 'valid', 'causal', an int >= 0, or a [time, freq] pair of those")
         if self.activation not in ACTIVATIONS:
-            raise _bad(f"{where}.activation", self.activation, f"one of {ACTIVATIONS}")
+            raise bad(f"encoder.{where}.activation", self.activation, f"one of {ACTIVATIONS}")
         if not 0.0 <= self.dropout < 1.0:
-            raise _bad(f"{where}.dropout", self.dropout, "a float in [0, 1)")
+            raise bad(f"encoder.{where}.dropout", self.dropout, "a float in [0, 1)")
         if not isinstance(self.frames, int) or self.frames < 1:
-            raise _bad(f"{where}.frames", self.frames, "an int >= 1")
+            raise bad(f"encoder.{where}.frames", self.frames, "an int >= 1")
 
     @property
     def paddings(self) -> tuple[shapes.Padding, shapes.Padding]:
@@ -154,17 +150,17 @@ class EncoderConfig:
 
     def validate(self) -> None:
         if not self.layers:
-            raise _bad("layers", self.layers, "at least one layer")
+            raise bad("encoder.layers", self.layers, "at least one layer")
         for i, lc in enumerate(self.layers):
             lc.validate(f"layers.{i}")
         for i, lc in enumerate(self.branch or []):
             lc.validate(f"branch.{i}")
         if self.branch is not None and not self.branch:
-            raise _bad("branch", self.branch, "null or at least one layer")
+            raise bad("encoder.branch", self.branch, "null or at least one layer")
         if self.fusion not in FUSIONS:
-            raise _bad("fusion", self.fusion, f"one of {FUSIONS}")
+            raise bad("encoder.fusion", self.fusion, f"one of {FUSIONS}")
         if self.too_short not in TOO_SHORT_POLICIES:
-            raise _bad("too_short", self.too_short, f"one of {TOO_SHORT_POLICIES}")
+            raise bad("encoder.too_short", self.too_short, f"one of {TOO_SHORT_POLICIES}")
 
     def branches(self) -> list[list[LayerConfig]]:
         """The main branch, then the optional second one."""
@@ -184,11 +180,6 @@ def freq_geometries(layers: list[LayerConfig], in_freq: int) -> list[AxisGeometr
         out.append(g)
         in_freq = shapes.conv_out_length(in_freq, g.kernel, g.stride, g.padding)
     return out
-
-
-def _positive_int(key: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _bad(key, value, "an int >= 1")
 
 
 @dataclass
@@ -220,9 +211,67 @@ class Weiss2017Config:
 
     def validate(self) -> None:
         for key in ("convlstm_filters", "convlstm_kernel", "lstm_layers", "lstm_units", "projection"):
-            _positive_int(f"weiss2017.{key}", getattr(self, key))
+            check_int(f"encoder.weiss2017.{key}", getattr(self, key), 1)
         if self.convlstm_kernel % 2 == 0:
-            raise _bad("weiss2017.convlstm_kernel", self.convlstm_kernel, "an odd int (1, 3, 5...)",
+            raise bad("encoder.weiss2017.convlstm_kernel", self.convlstm_kernel, "an odd int (1, 3, 5...)",
                        "an odd kernel pads both sides equally and keeps F'")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise _bad("weiss2017.dropout", self.dropout, "a float in [0, 1)")
+            raise bad("encoder.weiss2017.dropout", self.dropout, "a float in [0, 1)")
+
+
+def freq_min_geometries(layers: list[LayerConfig], in_freq: int) -> list[AxisGeometry]:
+    """Frequency geometries for the minimum-``F`` search: a ``stack`` layer's frequency
+    kernel is its whole input, so it accepts any ``F >= 1`` and stands in as a 1-wide kernel."""
+    return [AxisGeometry(1, 1, "valid") if lc.kind == "stack" else lc.freq_geometry(in_freq) for lc in layers]
+
+
+def check_freq_fit(layers: list[LayerConfig], in_freq: int, where: str = "encoder.layers") -> list[int]:
+    """Rows ``F'`` after each of ``layers`` on an input of ``in_freq`` rows.
+
+    Raises :class:`~speechconv.checks.ConfigError` naming the first layer whose frequency
+    kernel is larger than its (padded) input, and the smallest ``features.n_mels`` the
+    stack accepts: the one check of the frequency fit (config, encoder and inspector).
+    """
+    rows, out = in_freq, []
+    for i, g in enumerate(freq_geometries(layers, in_freq)):
+        nxt = shapes.conv_out_length(rows, g.kernel, g.stride, g.padding)
+        if nxt < 1:
+            need = shapes.stack_min_input(freq_min_geometries(layers, in_freq))
+            raise bad(f"{where}.{i}.kernel", list(layers[i].kernel),
+                      f"a frequency kernel that fits its input of {rows} rows with padding {g.padding!r} "
+                      f"(this stack needs features.n_mels >= {need}, it gets {in_freq})",
+                      "use a smaller kernel or stride, padding 'same', or raise features.n_mels")
+        rows = nxt
+        out.append(rows)
+    return out
+
+ENCODER_TYPES = ("conv", "weiss2017")
+
+
+@dataclass
+class EncoderSettings(EncoderConfig):
+    """:class:`EncoderConfig` (the conv stack) plus which encoder to build around it: the
+    ``encoder`` group of ``train.py``.
+
+    Attributes:
+        type: ``conv`` (the conv stack alone, flattened to ``(B, T', D)``) or ``weiss2017``
+            (the conv stack as the front of :class:`speechconv.Weiss2017Encoder`, sized
+            by ``weiss2017``), so ``encoder.layers.0.filters=64`` works for both.
+        weiss2017: the sizes past the conv front; ignored for ``type=conv``.
+    """
+
+    type: str = "conv"
+    weiss2017: Weiss2017Config = field(default_factory=Weiss2017Config)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("encoder.type", self.type, ENCODER_TYPES)
+        if not isinstance(self.weiss2017, Weiss2017Config):
+            self.weiss2017 = Weiss2017Config(**self.weiss2017)
+        if self.type == "weiss2017" and self.branch is not None:
+            raise bad("encoder.branch", "<set>", "null with encoder.type=weiss2017",
+                      "the paper's encoder has one conv branch; use encoder.type=conv for fused branches")
+
+    def conv_config(self) -> EncoderConfig:
+        """The plain :class:`EncoderConfig` of the conv stack."""
+        return EncoderConfig(layers=self.layers, branch=self.branch, fusion=self.fusion, too_short=self.too_short)

@@ -2,7 +2,8 @@
 
 Toolkits disagree on many small DSP conventions (torchaudio, librosa and Kaldi each
 have other defaults), so each one is a named setting here.  Values are checked when
-the config is made; a bad value raises ``ValueError`` naming the key, the value, the
+the config is made; a bad value raises :class:`speechconv.checks.ConfigError` (a
+``ValueError``) naming the key, the value, the
 allowed range and the fix.  Derived sizes (samples per window and hop, channels) are
 properties, never settings.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from speechconv import shapes
+from speechconv.checks import bad
 
 CHANNELS = ("static", "delta", "delta_delta")
 BACKENDS = ("torchaudio", "kaldi")
@@ -21,11 +23,6 @@ ORDER2_RULES = ("kaldi", "cascade")
 NORMALIZATIONS = ("none", "utterance", "global")
 FLT_EPSILON = 1.1920928955078125e-07
 """float32 machine epsilon: Kaldi's log floor (``log(max(x, FLT_EPSILON))``)."""
-
-
-def _bad(key: str, value: object, allowed: str, fix: str = "") -> ValueError:
-    msg = f"features.{key}={value!r} is invalid: expected {allowed}"
-    return ValueError(msg + (f"; {fix}" if fix else ""))
 
 
 @dataclass
@@ -135,54 +132,54 @@ class FeatureConfig:
 
     # --------------------------------------------------------------- validation
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad key, its allowed range and the fix."""
+        """Raise :class:`~speechconv.checks.ConfigError` naming the first bad key, its allowed range and the fix."""
         if not isinstance(self.sample_rate, int) or self.sample_rate < 1000:
-            raise _bad("sample_rate", self.sample_rate, "an int >= 1000 Hz")
+            raise bad("features.sample_rate", self.sample_rate, "an int >= 1000 Hz")
         if self.win_ms <= 0 or self.hop_ms <= 0:
-            raise _bad("win_ms/hop_ms", (self.win_ms, self.hop_ms), "positive milliseconds")
+            raise bad("features.win_ms/hop_ms", (self.win_ms, self.hop_ms), "positive milliseconds")
         if self.win_length < 2 or self.hop_length < 1:
-            raise _bad("win_ms", self.win_ms, "a window of at least 2 samples at this sample_rate")
+            raise bad("features.win_ms", self.win_ms, "a window of at least 2 samples at this sample_rate")
         if self.n_fft < self.win_length:
-            raise _bad("n_fft", self.n_fft, f">= the window length {self.win_length} samples",
+            raise bad("features.n_fft", self.n_fft, f">= the window length {self.win_length} samples",
                        "raise n_fft or shorten win_ms")
         n_bins = self.n_fft // 2 + 1
         if not isinstance(self.n_mels, int) or not 1 <= self.n_mels <= n_bins:
-            raise _bad("n_mels", self.n_mels, f"an int in [1, n_fft/2+1 = {n_bins}]",
+            raise bad("features.n_mels", self.n_mels, f"an int in [1, n_fft/2+1 = {n_bins}]",
                        "lower n_mels or raise n_fft")
         if not 0 <= self.f_min < self.upper_hz <= self.nyquist:
-            raise _bad("f_min/f_max", (self.f_min, self.f_max),
+            raise bad("features.f_min/f_max", (self.f_min, self.f_max),
                        f"0 <= f_min < f_max <= Nyquist ({self.nyquist:g} Hz)")
         if self.mel_scale not in MEL_SCALES:
-            raise _bad("mel_scale", self.mel_scale, f"one of {MEL_SCALES}")
+            raise bad("features.mel_scale", self.mel_scale, f"one of {MEL_SCALES}")
         if self.mel_norm not in MEL_NORMS:
-            raise _bad("mel_norm", self.mel_norm, f"one of {MEL_NORMS}")
+            raise bad("features.mel_norm", self.mel_norm, f"one of {MEL_NORMS}")
         if self.framing not in shapes.FRAMINGS:
-            raise _bad("framing", self.framing, f"one of {shapes.FRAMINGS}")
+            raise bad("features.framing", self.framing, f"one of {shapes.FRAMINGS}")
         if self.power not in (1.0, 2.0):
-            raise _bad("power", self.power, "1.0 (magnitude) or 2.0 (power)")
+            raise bad("features.power", self.power, "1.0 (magnitude) or 2.0 (power)")
         if not self.log_floor > 0:
-            raise _bad("log_floor", self.log_floor, "a positive float")
+            raise bad("features.log_floor", self.log_floor, "a positive float")
         if self.dither < 0:
-            raise _bad("dither", self.dither, "a float >= 0")
+            raise bad("features.dither", self.dither, "a float >= 0")
         if not isinstance(self.delta_window, int) or self.delta_window < 1:
-            raise _bad("delta_window", self.delta_window, "an int >= 1")
+            raise bad("features.delta_window", self.delta_window, "an int >= 1")
         if self.order2 not in ORDER2_RULES:
-            raise _bad("order2", self.order2, f"one of {ORDER2_RULES}")
+            raise bad("features.order2", self.order2, f"one of {ORDER2_RULES}")
         if self.order2 == "kaldi" and self.delta_window != 2 and "delta_delta" in self.channels:
-            raise _bad("order2", self.order2, "'cascade' when delta_window != 2",
+            raise bad("features.order2", self.order2, "'cascade' when delta_window != 2",
                        "Kaldi's 9-tap second-order filter is defined for delta_window=2 only")
         if not self.channels or any(c not in CHANNELS for c in self.channels) or len(set(self.channels)) != len(
             self.channels
         ):
-            raise _bad("channels", self.channels, f"a non-empty list of distinct names from {CHANNELS}")
+            raise bad("features.channels", self.channels, f"a non-empty list of distinct names from {CHANNELS}")
         if self.normalization not in NORMALIZATIONS:
-            raise _bad("normalization", self.normalization, f"one of {NORMALIZATIONS}")
+            raise bad("features.normalization", self.normalization, f"one of {NORMALIZATIONS}")
         if self.normalization == "global" and not self.global_stats_path:
-            raise _bad("global_stats_path", self.global_stats_path, "a stats file path with normalization='global'",
+            raise bad("features.global_stats_path", self.global_stats_path, "a stats file path with normalization='global'",
                        "compute one with speechconv.compute_global_stats")
         if self.backend not in BACKENDS:
-            raise _bad("backend", self.backend, f"one of {BACKENDS}")
+            raise bad("features.backend", self.backend, f"one of {BACKENDS}")
         if not 0 <= self.preemphasis < 1:
-            raise _bad("preemphasis", self.preemphasis, "a float in [0, 1)")
+            raise bad("features.preemphasis", self.preemphasis, "a float in [0, 1)")
         if self.window not in ("povey", "hann", "hamming"):
-            raise _bad("window", self.window, "one of ('povey', 'hann', 'hamming')")
+            raise bad("features.window", self.window, "one of ('povey', 'hann', 'hamming')")

@@ -45,10 +45,9 @@ from pathlib import Path
 import torch
 
 from speechconv import shapes
-from speechconv.encoder_config import EncoderConfig, LayerConfig, time_geometries
+from speechconv.encoder_config import EncoderConfig, LayerConfig, check_freq_fit, freq_min_geometries, time_geometries
 from speechconv.feature_config import FeatureConfig
 from speechconv.features.deltas import context_frames
-from speechconv.shapes import AxisGeometry
 
 DEFAULT_SECONDS = 1.0
 Shape = tuple[int, ...]
@@ -234,15 +233,6 @@ def fusion_params(fusion: str, dim: int) -> int:
     raise ValueError(f"encoder.fusion={fusion!r} is invalid: expected 'mix', 'gated', 'concat' or 'sum'")
 
 
-def _freq_min_geometries(layers: Sequence[LayerConfig], in_freq: int) -> list[AxisGeometry]:
-    """Frequency geometries for the minimum-``F`` search.
-
-    A ``stack`` layer's frequency kernel is its whole input, so it accepts any
-    ``F >= 1``; it stands in as a 1-wide kernel, which needs exactly that.
-    """
-    return [AxisGeometry(1, 1, "valid") if lc.kind == "stack" else lc.freq_geometry(in_freq) for lc in layers]
-
-
 def _min_samples(framing: FeatureConfig | None, frames: int) -> int | None:
     """Fewest samples that give ``frames`` feature frames, ``None`` without a feature config."""
     if framing is None:
@@ -262,19 +252,13 @@ def _describe_branch(
     hop_ms = framing.hop_ms if framing else None
     win_ms = framing.win_ms if framing else None
     t_geoms = time_geometries(list(layers))
-    min_freq = shapes.stack_min_input(_freq_min_geometries(layers, f))
+    check_freq_fit(list(layers), f, f"encoder.{prefix}")
     rows = []
     for i, lc in enumerate(layers):
         name = f"{prefix}.{i}"
         tg, fg = lc.time_geometry(), lc.freq_geometry(f)
         t_out = shapes.conv_out_length(t, tg.kernel, tg.stride, tg.padding)
         f_out = shapes.conv_out_length(f, fg.kernel, fg.stride, fg.padding)
-        if f_out == 0:
-            raise ValueError(
-                f"encoder {name}: its frequency kernel {fg.kernel} (padding {fg.padding!r}) is larger than its "
-                f"input of F={f} rows; this stack needs an input F (n_mels) >= {min_freq}; raise n_mels, "
-                f"shrink kernel[1] or use padding 'same'"
-            )
         prefix_t = t_geoms[: i + 1]
         min_frames = shapes.stack_min_input(prefix_t)
         min_samples = _min_samples(framing, min_frames)
@@ -421,7 +405,7 @@ def _describe(
         subsampling=last[0].subsampling,
         min_input_frames=min_frames,
         min_input_samples=_min_samples(features, min_frames),
-        min_input_freq=max(shapes.stack_min_input(_freq_min_geometries(b, f)) for b in branches),
+        min_input_freq=max(shapes.stack_min_input(freq_min_geometries(b, f)) for b in branches),
         encoder=encoder,
         features=features,
         notes=notes,

@@ -8,15 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from speechconv.config import (
-    CONFIG_DIR,
-    Config,
-    ConfigError,
-    compose,
-    config_from_dict,
-    config_to_dict,
-    validate,
-)
+from speechconv.config import Config, ConfigError, config_from_dict, config_to_dict, validate
+from train import CONFIG_DIR, compose
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = ("features", "encoder", "model", "data", "trainer", "experiment")

@@ -37,9 +37,10 @@ from train_helpers import (
 )
 
 from speechconv import shapes
-from speechconv.config import ConfigError, compose, validate
+from speechconv.config import ConfigError, validate
 from speechconv.training import loop
 from speechconv.training.distributed import RANK_STATE_ENV
+from train import compose
 
 DDP = [*RUN, "model.dropout=0.0", "trainer.ddp=true"]
 LOSS_RTOL = 1e-5

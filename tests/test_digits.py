@@ -177,7 +177,7 @@ def test_plans_cover_digits_and_speakers(bank):
 def test_bad_names_and_settings(tmp_path):
     with pytest.raises(ValueError, match="not an FSDD clip name"):
         parse_fsdd_name("hello.flac")
-    with pytest.raises(ValueError, match="1 <= min_digits <= max_digits"):
+    with pytest.raises(ValueError, match=r"data.max_digits=2 is invalid: expected an int >= min_digits = 3"):
         DigitStringConfig(min_digits=3, max_digits=2)
     with pytest.raises(ValueError, match=r"gap_ms=\[300, 50\] is invalid"):
         DigitStringConfig(gap_ms=(300, 50))

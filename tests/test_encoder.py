@@ -289,7 +289,7 @@ def test_bad_inputs_raise_clear_errors() -> None:
 
 def test_freq_kernel_larger_than_input_is_a_config_error() -> None:
     cfg = EncoderConfig(layers=[LayerConfig(stride=[2, 8], padding="valid"), LayerConfig(kernel=[3, 11], padding=[1, 0])])
-    with pytest.raises(ValueError, match=r"layers\.1: frequency kernel 11 is larger than the 10 rows"):
+    with pytest.raises(ValueError, match=r"encoder\.layers\.1\.kernel=\[3, 11\] is invalid: expected a frequency kernel that fits its input of 10 rows"):
         ConvEncoder(cfg)
 
 

@@ -199,7 +199,8 @@ def test_the_default_encoder_streams_and_the_tf_same_preset_does_not() -> None:
     """The default front (padding 1, what ``python train.py`` builds): SAME's shapes
     (ceil(T/4) x 20 x 32), 3 frames of look-ahead, and the offline frames of real
     features, frame by frame; ``encoder=tf_same`` is refused with the reason."""
-    from speechconv.config import compose, validate
+    from speechconv.config import validate
+    from train import compose
 
     same = validate(compose(["encoder=tf_same"]), check_mode=False).encoder
     with pytest.raises(ValueError, match=r"encoder.layers.0 pads time with TF SAME.*padding 1"):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from speechconv.data.manifest import ManifestEntry, ManifestError, read_manifest, write_manifest
+from speechconv.manifest import ManifestEntry, ManifestError, read_manifest, write_manifest
 
 YES = Path(__file__).resolve().parents[1] / "data" / "fixtures" / "yes_1000ms.wav"
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from speechconv.config import compose, validate
+from speechconv.config import validate
 from speechconv.models import build_model
 from speechconv.models.recurrent import RecurrentEncoder
 from speechconv.text import CharVocabulary
+from train import compose
 
 
 @pytest.mark.parametrize("model", ["ctc", "seq2seq"])

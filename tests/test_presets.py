@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from train_helpers import holdout_speakers
 
-from speechconv.config import CONFIG_DIR, compose, validate
+from speechconv.config import validate
 from speechconv.training.loop import train  # noqa: E402
+from train import CONFIG_DIR, compose
 
 FSDD = Path(__file__).resolve().parents[1] / "data" / "fsdd"
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -70,3 +71,39 @@ def test_preset_trains_two_steps(choice, tiny_fsdd, manifests, tmp_path):
     result = train(cfg, tmp_path)
     assert len(result.losses) == 2 and all(math.isfinite(x) for x in result.losses)
     assert (tmp_path / "last.pt").is_file() and result.valid and 0 <= result.valid[-1]["cer"]
+
+
+def _leaves(node: object, prefix: str) -> list[tuple[str, object]]:
+    """Dotted keys and values of every scalar a YAML body sets (list items by index)."""
+    if isinstance(node, dict):
+        return [kv for k, v in node.items() for kv in _leaves(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(node, list):
+        return [kv for i, v in enumerate(node) for kv in _leaves(v, f"{prefix}.{i}")]
+    return [(prefix, node)]
+
+
+PRESETS = [(g, n) for g in ("features", "encoder", "model", "data", "trainer", "experiment") for n in _names(g)]
+MANIFESTS = ["data.train_manifest=a.jsonl", "data.valid_manifest=b.jsonl"]
+
+
+@pytest.mark.parametrize("group,name", PRESETS)
+def test_preset_sets_what_it_names(group, name):
+    """Each key a preset sets reaches the composed config with the preset's value (a preset
+    silently ignored, or overridden by another file, fails), and a preset that sets keys
+    changes the config against its group's schema alone (a preset that only restates
+    defaults fails); a preset with no keys composes to exactly its schema."""
+    from omegaconf import OmegaConf
+
+    text = (CONFIG_DIR / group / f"{name}.yaml").read_text()
+    body = OmegaConf.to_container(OmegaConf.create(text))
+    body.pop("defaults", None)
+    root = group == "experiment" or text.startswith("# @package _global_")
+    extra = MANIFESTS if (group, name) == ("data", "manifest") else []
+    composed = compose([f"{group}={name}", *extra])
+    baseline = compose(extra if group == "experiment" else [f"{group}=base_{group}", *extra])
+    leaves = _leaves(body, "" if root else group)
+    for key, value in leaves:
+        if value != "???":
+            assert OmegaConf.select(composed, key) == value, f"{group}={name} sets {key}={value!r}"
+    changed = OmegaConf.to_container(composed) != OmegaConf.to_container(baseline)
+    assert changed == bool(leaves), f"{group}={name} sets {len(leaves)} keys but changed={changed}"

@@ -14,12 +14,13 @@ import soundfile as sf
 import torch
 
 from speechconv.audio import load_audio
-from speechconv.config import compose, validate
+from speechconv.config import validate
 from speechconv.data import compose as compose_string
 from speechconv.data import eval_strings, load_fsdd, plan_epoch
 from speechconv.text import CharVocabulary
 from speechconv.training import loop, run
 from speechconv.training.data import build_train_data
+from train import compose
 
 pytestmark = pytest.mark.slow
 FIXTURES = Path(__file__).resolve().parents[1] / "data" / "fixtures"

@@ -28,8 +28,9 @@ from train_helpers import (
     train_cmd,
 )
 
-from speechconv.config import compose, validate
+from speechconv.config import validate
 from speechconv.training import loop
+from train import compose
 
 COMPARED_STATE = ("model", "optimizer", "scheduler", "sampler", "step", "rng")
 

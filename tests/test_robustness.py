@@ -18,10 +18,11 @@ import torch
 from train_helpers import checkpoint_step, metric_rows
 from train_helpers import in_process_config as config
 
-from speechconv.config import ConfigError, compose, validate
+from speechconv.config import ConfigError, validate
 from speechconv.models import CTCModel
 from speechconv.training import loop, main
 from speechconv.training.state import nonfinite_tensors
+from train import compose
 
 
 class _NanGrad(torch.autograd.Function):

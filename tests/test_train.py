@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import re
 import subprocess
 import sys
@@ -15,13 +14,14 @@ import pytest
 import torch
 from train_helpers import AUGMENT_ALL_ON, tiny_fsdd
 
-from speechconv.config import ConfigError, compose, validate
+from speechconv.config import ConfigError, validate
 from speechconv.metrics import cer, wer
 from speechconv.models import CTCModel, ctc_collapse
 from speechconv.training import (
     loop,
     run,
 )
+from train import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 FSDD = ROOT / "data" / "fsdd"
@@ -231,29 +231,6 @@ def test_lr_schedule_warms_up_then_decays():
     assert factors[100] == pytest.approx(0.004)
     assert all(a < b for a, b in zip(factors[:10], factors[1:11], strict=True)) and all(
         a >= b for a, b in zip(factors[10:-1], factors[11:], strict=True))
-
-
-@pytest.mark.parametrize("preset,expected", [(None, "1"), ("0", "0")])
-def test_train_py_asks_for_huge_pages_unless_told_otherwise(preset, expected):
-    """train.py sets THP_MEM_ALLOC_ENABLE before torch is imported (PyTorch reads it once
-    per process), and keeps a value the environment already has."""
-    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    if preset is not None:
-        env["THP_MEM_ALLOC_ENABLE"] = preset
-    # An import hook records the variable at the moment torch is first imported.
-    probe = (
-        "import os, sys\n"
-        "seen = []\n"
-        "class Spy:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'torch' and not seen:\n"
-        "            seen.append(os.environ.get('THP_MEM_ALLOC_ENABLE'))\n"
-        "sys.meta_path.insert(0, Spy())\n"
-        "import train\n"
-        "print(seen)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == repr([expected])
 
 
 def test_synthetic_voices_train_but_are_never_validated_nor_held_out(tmp_path_factory):

@@ -53,7 +53,8 @@ def shared_once(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Pa
 
 def holdout_speakers() -> list[str]:
     """The speakers ``data=digits`` holds out of training by default."""
-    from speechconv.config import compose, validate
+    from speechconv.config import validate
+    from train import compose
 
     return validate(compose()).data.holdout_speakers
 
@@ -73,7 +74,8 @@ def tiny_fsdd(folder: Path) -> Path:
 
 def in_process_config(fsdd: Path, *extra: str, max_steps: int = 6) -> Any:
     """A validated :data:`IN_PROCESS` config of ``max_steps`` on the ``fsdd`` folder, plus ``extra`` overrides."""
-    from speechconv.config import compose, validate
+    from speechconv.config import validate
+    from train import compose
 
     return validate(compose([*IN_PROCESS, f"trainer.max_steps={max_steps}", f"data.fsdd_dir={fsdd}", *extra]))
 

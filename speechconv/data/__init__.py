@@ -28,9 +28,9 @@ from speechconv.data.digits import (
     plan_epoch,
     transcript,
 )
-from speechconv.data.manifest import ManifestEntry, ManifestError, read_manifest, write_manifest
 from speechconv.data.perturb import Draw, MelWarp, Perturb
 from speechconv.data.sampler import LengthBucketSampler, bucket_batches
+from speechconv.manifest import ManifestEntry, ManifestError, read_manifest, write_manifest
 
 __all__ = [
     "DIGIT_WORDS",

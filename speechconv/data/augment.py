@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from speechconv.checks import check_int
+
 
 def _draw_band(size: int, max_width: int, generator: torch.Generator) -> tuple[int, int]:
     """``(start, width)`` of one band within ``[0, size)``, width uniform in ``[0, min(max_width, size)]``."""
@@ -63,13 +65,10 @@ def spec_augment(
     return out
 
 
-@dataclass(frozen=True)
+@dataclass
 class SpecAugment:
-    """Settings of :func:`spec_augment`, callable on one utterance.
-
-    Field names match ``speechconv.config.SpecAugmentConfig``, so
-    ``SpecAugment(**dataclasses.asdict(cfg.data.spec_augment))`` builds it.
-    """
+    """Settings of :func:`spec_augment`, callable on one utterance; also the schema of
+    ``data.spec_augment`` (masks and their widest size; 0 masks: off)."""
 
     freq_masks: int = 2
     freq_width: int = 10
@@ -78,9 +77,7 @@ class SpecAugment:
 
     def __post_init__(self) -> None:
         for key in ("freq_masks", "freq_width", "time_masks", "time_width"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"spec_augment.{key}={value!r} is invalid: expected an int >= 0")
+            check_int(f"data.spec_augment.{key}", getattr(self, key), 0)
 
     def __call__(self, features: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:
         """``(T, F, C)`` -> ``(T, F, C)``; see :func:`spec_augment`."""

@@ -44,9 +44,9 @@ from speechconv.data.digits import (
     plan_epoch,
     transcript,
 )
-from speechconv.data.manifest import ManifestEntry
 from speechconv.data.perturb import Draw, MelWarp, Perturb, load_noise_clips
 from speechconv.feature_config import FeatureConfig
+from speechconv.manifest import ManifestEntry
 from speechconv.text import CharVocabulary
 
 
@@ -220,7 +220,7 @@ class DigitStringDataset(_FeatureDataset):
 
 
 class ManifestDataset(_FeatureDataset):
-    """Rows of a manifest (:func:`~speechconv.data.manifest.read_manifest`).
+    """Rows of a manifest (:func:`~speechconv.manifest.read_manifest`).
 
     Transcripts are checked against the vocabulary here, so a row it cannot hold
     fails at start-up with its text named, not in a worker mid-epoch.

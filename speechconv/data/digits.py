@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from speechconv.audio import load_audio
+from speechconv.checks import bad, check_range
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SPLITS = ("train", "valid", "unseen")
@@ -85,12 +86,6 @@ def parse_fsdd_name(name: str) -> tuple[int, str, int]:
     return int(match.group(1)), match.group(2), int(match.group(3))
 
 
-def _check_range(key: str, value: Sequence[float], low: float, high: float = float("inf")) -> tuple[float, float]:
-    if len(value) != 2 or not low <= value[0] <= value[1] <= high:
-        raise ValueError(f"{key}={list(value)!r} is invalid: expected [min, max] with {low} <= min <= max <= {high}")
-    return float(value[0]), float(value[1])
-
-
 @dataclass(frozen=True)
 class DigitStringConfig:
     """How digit strings are composed (module docstring).
@@ -118,18 +113,15 @@ class DigitStringConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_digits <= self.max_digits:
-            raise ValueError(
-                f"digits per string (min_digits={self.min_digits}, max_digits={self.max_digits}) must satisfy "
-                f"1 <= min_digits <= max_digits"
-            )
-        object.__setattr__(self, "edge_silence_ms", _check_range("edge_silence_ms", self.edge_silence_ms, 0.0))
-        object.__setattr__(self, "gap_ms", _check_range("gap_ms", self.gap_ms, 0.0))
+            raise bad("data.max_digits", self.max_digits, f"an int >= min_digits = {self.min_digits} >= 1")
+        object.__setattr__(self, "edge_silence_ms", check_range("data.edge_silence_ms", self.edge_silence_ms, 0.0))
+        object.__setattr__(self, "gap_ms", check_range("data.gap_ms", self.gap_ms, 0.0))
         if not 0 <= self.edge_pause_prob <= 1:
-            raise ValueError(f"edge_pause_prob={self.edge_pause_prob!r} is invalid: expected a probability in [0, 1]")
+            raise bad("data.edge_pause_prob", self.edge_pause_prob, "a probability in [0, 1]")
         if self.level_db is not None:
-            object.__setattr__(self, "level_db", _check_range("level_db", self.level_db, -120.0, 0.0))
+            object.__setattr__(self, "level_db", check_range("data.level_db", self.level_db, -120.0, 0.0))
         if not 0 <= self.digit_level_db <= 40:
-            raise ValueError(f"digit_level_db={self.digit_level_db!r} is invalid: expected a width in [0, 40] dB")
+            raise bad("data.digit_level_db", self.digit_level_db, "a width in [0, 40] dB")
 
 
 def eval_strings(max_digits: int) -> DigitStringConfig:

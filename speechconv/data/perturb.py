@@ -44,6 +44,7 @@ import torchaudio.functional as AF
 
 from speechconv import shapes
 from speechconv.audio import load_audio
+from speechconv.checks import bad, check_range
 from speechconv.feature_config import FeatureConfig
 
 NOISE_COLOURS = {"white": 0.0, "pink": 1.0, "brown": 2.0}
@@ -96,12 +97,6 @@ def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     return float(rng.uniform(bounds[0], bounds[1])) if bounds[1] > bounds[0] else float(bounds[0])
 
 
-def _check_bounds(key: str, value: tuple[float, float], low: float, high: float) -> tuple[float, float]:
-    if len(value) != 2 or not low <= value[0] <= value[1] <= high:
-        raise ValueError(f"data.augment.{key}={list(value)!r} is invalid: expected [min, max] within [{low}, {high}]")
-    return float(value[0]), float(value[1])
-
-
 @dataclass(frozen=True)
 class Perturb:
     """The perturbation settings; each part is off at its neutral value.
@@ -131,20 +126,18 @@ class Perturb:
         object.__setattr__(self, "speeds", tuple(float(s) for s in self.speeds))
         object.__setattr__(self, "noise_kinds", tuple(self.noise_kinds))
         if not self.speeds or not all(0.5 <= s <= 2.0 for s in self.speeds):
-            raise ValueError(f"data.augment.speeds={list(self.speeds)!r} is invalid: expected factors in [0.5, 2.0]; "
-                             f"[1.0] turns speed perturbation off")
+            raise bad("data.augment.speeds", list(self.speeds), "factors in [0.5, 2.0]", "[1.0] turns it off")
         for key in ("reverb_prob", "noise_prob"):
             if not 0 <= getattr(self, key) <= 1:
-                raise ValueError(f"data.augment.{key}={getattr(self, key)!r} is invalid: expected a probability in [0, 1]")
-        object.__setattr__(self, "rt60_s", _check_bounds("rt60_s", self.rt60_s, 0.01, RIR_MAX_S))
-        object.__setattr__(self, "snr_db", _check_bounds("snr_db", self.snr_db, -20.0, 100.0))
-        object.__setattr__(self, "gain_db", _check_bounds("gain_db", self.gain_db, -60.0, 40.0))
-        bad = [k for k in self.noise_kinds if k not in NOISE_KINDS]
-        if bad or (self.noise_prob > 0 and not self.noise_kinds):
-            raise ValueError(f"data.augment.noise_kinds={list(self.noise_kinds)!r} is invalid: expected a non-empty "
-                             f"list from {list(NOISE_KINDS)}")
+                raise bad(f"data.augment.{key}", getattr(self, key), "a probability in [0, 1]")
+        object.__setattr__(self, "rt60_s", check_range("data.augment.rt60_s", self.rt60_s, 0.01, RIR_MAX_S))
+        object.__setattr__(self, "snr_db", check_range("data.augment.snr_db", self.snr_db, -20.0, 100.0))
+        object.__setattr__(self, "gain_db", check_range("data.augment.gain_db", self.gain_db, -60.0, 40.0))
+        unknown = [k for k in self.noise_kinds if k not in NOISE_KINDS]
+        if unknown or (self.noise_prob > 0 and not self.noise_kinds):
+            raise bad("data.augment.noise_kinds", list(self.noise_kinds), f"a non-empty list from {list(NOISE_KINDS)}")
         if not 0 <= self.vtlp < 0.5:
-            raise ValueError(f"data.augment.vtlp={self.vtlp!r} is invalid: expected a warp width in [0, 0.5); 0 is off")
+            raise bad("data.augment.vtlp", self.vtlp, "a warp width in [0, 0.5)", "0 turns it off")
 
     def draw(self, rng: np.random.Generator) -> Draw:
         """One utterance's choices, from its own generator (always the same number of draws,

@@ -3,7 +3,7 @@ global CMVN statistics.
 
 Run as ``python -m speechconv.features INPUT... --out DIR [--global-stats FILE]``.  An
 input is an audio file, a JSON-lines manifest (``.json``/``.jsonl``, read by
-:func:`speechconv.data.manifest.read_manifest`) or a file list (``.txt``, ``.lst``,
+:func:`speechconv.manifest.read_manifest`) or a file list (``.txt``, ``.lst``,
 ``.list``, ``.scp``: one audio path a line, relative to the list's folder).  This
 command line is an application on top of the feature stage: it is the one place of
 ``speechconv.features`` that reads manifests.  Each ``.pt`` file holds a dict that
@@ -42,10 +42,10 @@ from tqdm import tqdm
 from speechconv import shapes
 from speechconv.atomic import atomic_path
 from speechconv.audio import load_audio
-from speechconv.data.manifest import read_manifest
 from speechconv.feature_config import BACKENDS, FeatureConfig
 from speechconv.features.module import LogMelDeltas
 from speechconv.features.stats import compute_global_stats
+from speechconv.manifest import read_manifest
 from speechconv.plot import plot_features
 
 MANIFEST_SUFFIXES = (".json", ".jsonl")

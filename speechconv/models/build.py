@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from speechconv.config import EncoderSettings, ModelConfig
+from speechconv.encoder_config import EncoderSettings
 from speechconv.feature_config import FeatureConfig
+from speechconv.models.config import ModelConfig
 from speechconv.text import CharVocabulary
 
 

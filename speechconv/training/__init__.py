@@ -1,4 +1,4 @@
-"""The four jobs of ``train.py`` (shapes, train, eval, transcribe) as plain functions.
+"""The jobs of ``train.py`` (shapes, train, eval, transcribe, stream, export) as plain functions.
 
 ``train.py`` composes the config with Hydra and calls :func:`main`; tests call
 :func:`run` with a composed config and a folder.
@@ -10,7 +10,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from speechconv.config import Config, ConfigError, validate
+from speechconv.checks import ConfigError
+from speechconv.config import Config, validate
 from speechconv.training.runlog import run_log, say
 
 
@@ -34,6 +35,14 @@ def run(cfg: Any, out_dir: str | Path) -> int:
         from speechconv.training.evaluate import run_eval
 
         return run_eval(config, out_dir)
+    if config.mode == "stream":
+        from speechconv.training.stream import run_stream
+
+        return run_stream(config)
+    if config.mode == "export":
+        from speechconv.training.export_job import run_export
+
+        return run_export(config, out_dir)
     from speechconv.training.transcribe import run_transcribe
 
     return run_transcribe(config)

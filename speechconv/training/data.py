@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from speechconv.config import ConfigError, DataConfig
+from speechconv.checks import ConfigError
 from speechconv.data import (
     Batch,
     Collate,
@@ -22,6 +21,7 @@ from speechconv.data import (
     read_manifest,
     worker_init_fn,
 )
+from speechconv.data.config import DataConfig
 from speechconv.data.digits import default_fsdd_dir, default_synthetic_dir, folder_speakers
 from speechconv.data.perturb import Perturb
 from speechconv.feature_config import FeatureConfig
@@ -61,7 +61,7 @@ def build_train_data(data: DataConfig, features: FeatureConfig, vocab: CharVocab
     the validation sets (no augmentation).  Digit strings train on every speaker but the
     held-out ones, synthetic voices included; the seen-speaker set holds the recorded
     speakers only."""
-    augment = SpecAugment(**dataclasses.asdict(data.spec_augment))
+    augment = data.spec_augment
     perturb, noise = data.augment.perturb(), data.augment.noise_clips
     if data.type == "digits":
         synthetic = [data.synthetic_dir or default_synthetic_dir()] if data.synthetic_voices else []

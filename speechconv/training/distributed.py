@@ -28,7 +28,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from speechconv.config import ConfigError, TrainerConfig
+from speechconv.checks import ConfigError
+from speechconv.config import TrainerConfig
 
 TIMEOUT = datetime.timedelta(minutes=30)
 """How long a rank waits at a collective: long enough for rank 0 to validate a large set alone."""

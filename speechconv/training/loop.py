@@ -43,7 +43,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from speechconv.config import Config, ConfigError, TrainerConfig
+from speechconv.checks import ConfigError
+from speechconv.config import Config, TrainerConfig
 from speechconv.data import Batch
 from speechconv.models import build_model
 from speechconv.text import CharVocabulary

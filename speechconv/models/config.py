@@ -1,0 +1,48 @@
+"""`ModelConfig`: the ``model`` group of ``train.py``, checked on creation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from speechconv.checks import check_choice, check_float, check_int
+
+MODEL_TYPES = ("ctc", "seq2seq")
+
+
+@dataclass
+class ModelConfig:
+    """The model on top of the encoder.
+
+    Attributes:
+        type: ``ctc``: encoder -> projection -> LSTM stack -> linear -> CTC, greedy decoding;
+            ``seq2seq``: encoder -> projection -> LSTM stack -> attention LSTM decoder
+            (:class:`speechconv.seq2seq.Seq2Seq`).  Both share the recurrent stack
+            (:class:`speechconv.models.recurrent.RecurrentEncoder`) sized below.
+        projection: linear size between encoder and LSTM stack (0 = none); a projection of
+            the 640-wide conv output keeps the LSTM small.
+        hidden: LSTM units per direction.
+        lstm_layers: LSTM layers.
+        bidirectional: each LSTM layer reads the utterance both ways; ``false``: forward
+            only (every output frame depends only on the audio up to it: it streams).
+        dropout: dropout before the LSTM stack and before the output layer.
+        embed_dim, decoder_dim, attention_dim: ``seq2seq`` sizes.
+        max_decode_len: ``seq2seq``: the most tokens greedy decoding emits.
+    """
+
+    type: str = "ctc"
+    projection: int = 256
+    hidden: int = 192
+    lstm_layers: int = 1
+    bidirectional: bool = True
+    dropout: float = 0.1
+    embed_dim: int = 64
+    decoder_dim: int = 256
+    attention_dim: int = 128
+    max_decode_len: int = 100
+
+    def __post_init__(self) -> None:
+        check_choice("model.type", self.type, MODEL_TYPES)
+        check_int("model.projection", self.projection, 0)
+        for key in ("hidden", "lstm_layers", "embed_dim", "decoder_dim", "attention_dim", "max_decode_len"):
+            check_int(f"model.{key}", getattr(self, key), 1)
+        check_float("model.dropout", self.dropout, 0.0, 1.0, high_open=True)
