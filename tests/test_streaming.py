@@ -31,8 +31,7 @@ from speechconv.features import LogMelDeltas
 from speechconv.features.deltas import context_frames
 from speechconv.inspector import describe
 from speechconv.models import CTCModel
-from speechconv.models.stream import RecogniserStream
-from speechconv.streaming import front_end_stream
+from speechconv.streaming import RecogniserStream, front_end_stream
 from tests.conftest import CHANNEL_SETS
 
 SETTINGS = settings(max_examples=40, deadline=None,

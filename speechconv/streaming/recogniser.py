@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from speechconv.encoder import ConvEncoder
 from speechconv.features.module import LogMelDeltas
 from speechconv.models.ctc import CTCModel
-from speechconv.streaming import BatchedFrontEndStream
+from speechconv.streaming.front_end import BatchedFrontEndStream
 
 
 class RecogniserStream:
