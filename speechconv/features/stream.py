@@ -23,8 +23,8 @@ waits :attr:`FeatureStream.look_ahead_samples` samples past its time ``t*hop``.
 The state of ``B`` streams is a :class:`FeatureState` of tensors and
 :meth:`FeatureStream.step` maps (state, chunk) to (frames, state) with tensor ops
 only: one code path for one stream, a batch whose streams start and end
-independently, and a fixed-size step traced by ``torch.export``
-(:class:`speechconv.streaming.FrontEndStep`), whose buffers then take the sizes
+independently, and a fixed-size step exported to ONNX
+(:class:`speechconv.streaming.step.FeatureStep`), whose buffers then take the sizes
 :func:`speechconv.shapes.batch_bound` gives them.
 
 Settings that cannot stream raise: utterance normalisation (its statistics need the
@@ -129,8 +129,9 @@ class FeatureStream:
         """The state of ``batch`` streams before their first sample."""
         cfg, like = self.config, self.module.mel_matrix
         counts = torch.zeros(batch, dtype=torch.int64, device=like.device)
+        # made and received: two tensors, never one aliased (an exporter would make them one input)
         return FeatureState(like.new_zeros(batch, cfg.win_length), counts + self._lead,
-                            like.new_zeros(batch, 2 * self.context_frames, cfg.n_mels), counts, counts)
+                            like.new_zeros(batch, 2 * self.context_frames, cfg.n_mels), counts, counts.clone())
 
     # ------------------------------------------------------------------ queries
     def samples_accepted(self, index: int = 0) -> int:
