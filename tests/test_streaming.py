@@ -266,6 +266,7 @@ def test_batched_recogniser_streams_equal_each_alone():
         pieces = [w[start : start + chunk] for w in waves]
         chunks = torch.stack([nn.functional.pad(p, (0, chunk - p.numel())) for p in pieces])
         lp, n, new = stream.accept(chunks, torch.tensor([p.numel() for p in pieces]))
+        assert ((stream.frames_held() >= 0) & (stream.frames_held() <= 4 + 3)).all()  # deltas 4, encoder <= J - 1
         for b in range(B):
             got[b].append(lp[b, : int(n[b])])
             ids[b] += new[b]

@@ -37,7 +37,8 @@ class RecogniserStream:
             lengths)``).
 
     Attributes:
-        look_ahead_samples, look_ahead_ms: of the front end (the LSTMs add none).
+        look_ahead_samples, look_ahead_ms: of the front end (the LSTMs add none);
+            :meth:`frames_held` as well.
 
     Shapes:
         ``step(chunk (B, S), lengths (B,), final (B,))`` -> ``log_probs (B, t', V)``,
@@ -108,6 +109,10 @@ class RecogniserStream:
         log_probs, counts, new = self.step(torch.zeros(self.batch, 0), torch.zeros(self.batch, dtype=torch.int64),
                                            final)
         return (log_probs[0, : int(counts[0])], new[0]) if self.single else (log_probs, counts, new)
+
+    def frames_held(self) -> torch.Tensor:
+        """``(B,)`` feature frames each stream holds back (the front end's; the LSTMs hold none)."""
+        return self.front.frames_held()
 
     def _head(self, encoded: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """Projection, LSTM layers (state carried) and output layer on each stream's first
