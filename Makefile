@@ -23,6 +23,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/features.py
 	$(PY) bench/encoder.py
+	$(PY) bench/streaming.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check speechconv tests bench train.py

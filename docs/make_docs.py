@@ -142,6 +142,35 @@ SNIPPETS: dict[str, tuple[str, str]] = {
             print("ValueError:", str(err)[:118], "...")
         """
     ),
+    "streaming-front-end": _code(
+        """
+        import torch
+        import speechconv as sc
+        from speechconv import shapes
+        from speechconv.streaming import front_end_stream
+
+        # experiment=streaming_digits: the default features and conv front (padding 1)
+        print(sc.describe(seconds=1.0).streaming())
+        features, encoder = sc.LogMelDeltas(), sc.ConvEncoder().eval()
+        stream = front_end_stream(features, encoder)
+        wave = sc.load_audio("data/fixtures/yes_1000ms.wav")  # (S,)
+        layers = [lc.time_geometry() for lc in encoder.config.layers]
+        pieces, fed = [], 0
+        with torch.no_grad():
+            for start in range(0, wave.numel(), 1600):  # 100 ms chunks
+                pieces.append(stream.accept(wave[start : start + 1600]))
+                fed = min(start + 1600, wave.numel())
+                frames = shapes.stream_frames_ready(fed, 400, 160, 512, "kaldi", 4)
+                print(f"{fed:5d} samples: {frames:2d} feature frames final -> "
+                      f"{sum(len(p) for p in pieces):2d} encoder frames (formula "
+                      f"{shapes.stack_frames_ready(frames, layers):2d}), {stream.frames_held()} held back")
+            pieces.append(stream.finish())
+            offline, _ = encoder(*features(wave[None]))  # (1, T', F', C')
+        streamed = torch.cat(pieces)  # (T', F', C')
+        print("streamed", tuple(streamed.shape), "offline", tuple(offline[0].shape),
+              "largest difference", f"{(streamed - offline[0]).abs().max().item():.1e}")
+        """
+    ),
     # --------------------------------------------------------------- questions.md
     "q-multichannel": _code(
         """

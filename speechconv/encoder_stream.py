@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from speechconv import masking, shapes
 
@@ -86,6 +87,11 @@ class LayerStream:
         self.count = torch.where(final, self.before, keep)
         return y, windows
 
+    def reset(self, which: torch.Tensor) -> None:
+        """Streams ``which`` (``(B,)`` bool) back at their start: ``before`` zero frames."""
+        self.cache = torch.where(which[:, None, None, None], 0.0, self.cache)  # (B,) -> (B, 1, 1, 1)
+        self.count = torch.where(which, self.before, self.count)
+
 
 class BatchedEncoderStream:
     """``B`` independent streams of one encoder branch (see the module docstring).
@@ -121,25 +127,63 @@ class BatchedEncoderStream:
 
     def accept(self, frames: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, t, F, C)``, ``(B,)`` -> ``(B, t', F', C')`` (or ``(B, t', D)``), ``(B,)``."""
-        return self._step(frames, counts, torch.zeros(self.batch, dtype=torch.bool, device=self.received.device))
+        return self.step(frames, counts, torch.zeros(self.batch, dtype=torch.bool, device=self.received.device))
 
     def finish(self, which: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The last frames of the streams in ``which`` (``(B,)`` bool, None: all), which
-        start over.  A stream shorter than the encoder's minimum input raises under
-        ``too_short="error"`` and is zero-padded to it under ``"pad"``, as offline."""
+        start over (:meth:`step` with no new frames)."""
         final = torch.ones(self.batch, dtype=torch.bool) if which is None else which.to(torch.bool).cpu()
-        final = final.to(self.received.device)
-        short = final & (self.received < self.min_input_frames)
-        missing = torch.where(short, self.min_input_frames - self.received, 0)
-        if bool(short.any()) and self.too_short == "error":
+        empty = torch.zeros(self.batch, 0, self.input_freq, self.input_channels, dtype=self.layers[0].cache.dtype,
+                            device=self.received.device)
+        return self.step(empty, torch.zeros(self.batch, dtype=torch.int64), final)
+
+    def step(self, frames: torch.Tensor, counts: torch.Tensor,
+             final: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Take ``counts[b]`` new frames of each stream and end the streams in ``final``.
+
+        Args:
+            frames: ``(B, t, F, C)``; stream ``b``'s are the first ``counts[b]`` (what lies
+                past them is never read, NaN included).
+            counts: ``(B,)`` int in ``[0, t]``.
+            final: ``(B,)`` bool: the streams whose utterance ends after these frames; they
+                give their last output frames and start over.  One shorter than the
+                encoder's minimum input raises under ``too_short="error"`` and is
+                zero-padded to it under ``"pad"``, as offline.
+
+        Returns:
+            ``(B, t', F', C')`` (or ``(B, t', D)``) and ``(B,)`` counts of new output frames.
+        """
+        if frames.dim() != 4 or frames.shape[0] != self.batch or frames.shape[2:] != (self.input_freq,
+                                                                                      self.input_channels):
+            raise ValueError(f"encoder stream expected frames ({self.batch}, t, {self.input_freq}, "
+                             f"{self.input_channels}), got {list(frames.shape)}")
+        counts = counts.to(device=self.received.device, dtype=torch.int64)
+        if counts.shape != (self.batch,) or bool(((counts < 0) | (counts > frames.shape[1])).any()):
+            raise ValueError(f"encoder stream expected ({self.batch},) frame counts in [0, {frames.shape[1]}], "
+                             f"got {counts.tolist()}")
+        final = final.to(device=self.received.device, dtype=torch.bool)
+        # Zeros past each stream's count, whatever the chunk holds there (the caches read them as * 0).
+        frames = torch.where(shapes.make_pad_mask(counts, frames.shape[1])[:, :, None, None], frames, 0.0)
+        short = final & (self.received + counts < self.min_input_frames)
+        if bool(short.any()):
             b = int(torch.nonzero(short)[0])
-            raise ValueError(
-                f"stream {b} ends after {int(self.received[b])} frames, but this encoder needs at least "
-                f"{self.min_input_frames} frames; feed more frames, or set encoder.too_short=pad"
-            )
-        pad = torch.zeros(self.batch, int(missing.max()), self.input_freq, self.input_channels,
-                          dtype=self.layers[0].cache.dtype, device=self.received.device)
-        return self._step(pad, missing, final)
+            if self.too_short == "error":
+                raise ValueError(
+                    f"stream {b} ends after {int(self.received[b] + counts[b])} frames, but this encoder needs at "
+                    f"least {self.min_input_frames} frames; feed more frames, or set encoder.too_short=pad"
+                )
+            counts = torch.where(short, self.min_input_frames - self.received, counts)  # the zeros after
+            frames = nn.functional.pad(frames, (0, 0, 0, 0, 0, max(int(counts.max()) - frames.shape[1], 0)))
+        return self._step(frames, counts, final)
+
+    def reset(self, which: torch.Tensor | None = None) -> None:
+        """Drop the streams in ``which`` (``(B,)`` bool, None: all) without output; they start over."""
+        which = torch.ones(self.batch, dtype=torch.bool) if which is None else which.to(torch.bool)
+        which = which.to(self.received.device)
+        for layer in self.layers:
+            layer.reset(which)
+        self.received = torch.where(which, 0, self.received)
+        self.emitted = torch.where(which, 0, self.emitted)
 
     def held_back(self) -> torch.Tensor:
         """``(B,)`` input frames each stream has accepted that no output frame it gave has
@@ -150,18 +194,9 @@ class BatchedEncoderStream:
 
     def _step(self, frames: torch.Tensor, counts: torch.Tensor,
               final: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if frames.dim() != 4 or frames.shape[0] != self.batch or frames.shape[2:] != (self.input_freq,
-                                                                                      self.input_channels):
-            raise ValueError(f"encoder stream expected frames ({self.batch}, t, {self.input_freq}, "
-                             f"{self.input_channels}), got {list(frames.shape)}")
-        counts = counts.to(device=self.received.device, dtype=torch.int64)
-        if counts.shape != (self.batch,) or bool(((counts < 0) | (counts > frames.shape[1])).any()):
-            raise ValueError(f"encoder stream expected ({self.batch},) frame counts in [0, {frames.shape[1]}], "
-                             f"got {counts.tolist()}")
+        """:meth:`step` on checked input, zero past ``counts``."""
         self.received += counts
         started = self.received > 0
-        # Zeros past each stream's count, whatever the chunk holds there (the caches read them as * 0).
-        frames = torch.where(shapes.make_pad_mask(counts, frames.shape[1])[:, :, None, None], frames, 0.0)
         x = masking.conv_layout(frames)  # (B, t, F, C) -> (B, C, t, F)
         for layer in self.layers:
             x, counts = layer.step(x, counts, started, final)

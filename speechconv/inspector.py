@@ -47,6 +47,7 @@ import torch
 from speechconv import shapes
 from speechconv.encoder_config import EncoderConfig, LayerConfig, check_freq_fit, freq_min_geometries, time_geometries
 from speechconv.feature_config import FeatureConfig
+from speechconv.features.deltas import context_frames
 
 DEFAULT_SECONDS = 1.0
 Shape = tuple[int, ...]
@@ -156,7 +157,26 @@ class Description:
                 return (f"no (layers.{i} pads time with TF SAME: the first output frame depends on the utterance's "
                         f"length; use time padding 1, 'valid' or 'causal')")
         ms = "" if self.look_ahead_ms is None else f" = {self.look_ahead_ms:g} ms"
-        return f"yes (fixed alignment), {self.look_ahead} frames{ms} of look-ahead past the features"
+        text = f"yes (fixed alignment), {self.look_ahead} frames{ms} of look-ahead past the features"
+        total = self.stream_look_ahead_samples()
+        if total is None:
+            return text
+        assert self.features is not None, "a total look-ahead needs the feature settings"
+        rate = self.features.sample_rate
+        own = total - self.look_ahead * self.features.hop_length
+        return (f"{text}; with the features' {own} samples ({1000 * own / rate:g} ms): {total} samples = "
+                f"{1000 * total / rate:g} ms in all")
+
+    def stream_look_ahead_samples(self) -> int | None:
+        """Samples past an encoder output frame's time that a front-end stream must have
+        read before the frame is final (features plus encoder:
+        :func:`speechconv.shapes.front_end_look_ahead`); ``None`` without feature settings."""
+        if self.features is None:
+            return None
+        f = self.features
+        own = shapes.stream_look_ahead(f.win_length, f.hop_length, f.n_fft, f.framing,
+                                       context_frames(f.delta_window, f.channels))
+        return shapes.front_end_look_ahead(own, self.look_ahead, f.hop_length)
 
     def row(self, name: str) -> LayerRow:
         """The row called ``name`` (``layers.0``, ``branch.0``, ``fusion``)."""

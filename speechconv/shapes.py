@@ -148,6 +148,53 @@ def stream_frames_ready(num_samples: int, win_length: int, hop_length: int, n_ff
     return 0 if num_samples < look_ahead else 1 + (num_samples - look_ahead) // hop_length
 
 
+def front_end_look_ahead(feature_look_ahead: int, encoder_look_ahead: int, hop_length: int) -> int:
+    """Samples past an encoder output frame's time that a front-end stream (features, then
+    the conv encoder) must have read before that frame is final.
+
+    Encoder output ``j`` reads feature frames up to ``j*J + a`` (``a``: the encoder's
+    :func:`look_ahead`, ``J``: its subsampling), and feature frame ``t`` is final once
+    ``t*hop + L`` samples are in (``L``: :func:`stream_look_ahead`), so output ``j``, whose
+    time is sample ``j*J*hop``, is final ``a*hop + L`` samples past it: 480 + 1040 = 1520
+    samples (95 ms) for the default features and encoder.
+    """
+    return feature_look_ahead + encoder_look_ahead * hop_length
+
+
+def stack_frames_ready(num_frames: int, layers: Sequence[AxisGeometry]) -> int:
+    """Output frames a stream of a fixed-alignment stack (every padding ``valid``,
+    ``causal`` or an int) has given after ``num_frames`` input frames, before the end.
+
+    Each layer computes every window whose frames are in: with ``p`` zeros before it
+    (:func:`padding_amounts`) and ``n`` input frames, ``(p + n - k) // s + 1`` windows
+    when ``p + n >= k``, else 0; the zeros after the end come only with ``finish``.  A
+    stream that has had no frame gives nothing (windows of padding alone wait for its
+    first frame).
+    """
+    if num_frames <= 0:
+        return 0
+    n = num_frames
+    for g in layers:
+        assert g.padding != "same", "SAME padding has no fixed alignment: it cannot stream"
+        before = padding_amounts(1, g.kernel, g.stride, g.padding)[0]
+        n = (before + n - g.kernel) // g.stride + 1 if before + n >= g.kernel else 0
+    return n
+
+
+def batch_bound(counts: torch.Tensor, bound: int) -> int:
+    """Size of a buffer that holds ``counts`` ``(B,)`` items per stream, at most ``bound``.
+
+    A traced graph (``torch.export``, ONNX) cannot read tensor values, so it gets the
+    static ``bound``, which its inputs' shapes fix; eager code gets the largest count (no
+    wasted rows: one host read).  Either way each stream's valid items are the same.
+    """
+    if torch.compiler.is_compiling() or counts.numel() == 0:
+        return bound if torch.compiler.is_compiling() else 0
+    largest = int(counts.max())
+    assert largest <= bound, f"{largest} items exceed the static bound {bound}"
+    return max(largest, 0)
+
+
 # -------------------------------------------------------------------- resampling
 
 

@@ -251,3 +251,36 @@ def test_synthetic_voices_train_but_are_never_validated_nor_held_out(tmp_path_fa
                          CharVocabulary(), 0)
     plain = tiny(tmp_path_factory, "data.synthetic_voices=false")
     assert "espeak" not in build_train_data(plain.data, plain.features, CharVocabulary(), 0).train.bank.speakers
+
+
+def test_stream_mode_prints_a_growing_transcript_that_ends_as_transcribe_does(trained, tmp_path_factory, tmp_path,
+                                                                              capsys):
+    """``experiment=streaming_digits`` trained a few steps, then each file fed in 100 ms
+    chunks (and in 37 ms ones): the transcript grows with the seconds of audio at which
+    characters became final, and ends as ``mode=transcribe`` of the same checkpoint and
+    files; the default (bidirectional) model is refused naming model.bidirectional."""
+    out = tmp_path_factory.mktemp("streaming")
+    loop.train(tiny(tmp_path_factory, "experiment=streaming_digits", "trainer.max_steps=2"), out)
+    capsys.readouterr()
+    audio = [str(FIXTURES / "yes_1000ms.wav"), str(FSDD / "7_nicolas_3.flac"), str(FSDD / "0_jackson_0.flac")]
+    files = f"audio=[{','.join(audio)}]"
+    assert run(compose(["mode=transcribe", f"checkpoint={out / 'last.pt'}", files]), tmp_path) == 0
+    offline = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in offline] == audio
+    for chunk_ms in (100, 37):
+        assert run(compose(["mode=stream", f"checkpoint={out / 'last.pt'}", files, f"stream.chunk_ms={chunk_ms}"]),
+                   tmp_path) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].startswith("streaming in chunks of") and "look-ahead 1520 samples (95 ms)" in lines[0]
+        finals = [line for line in lines[1:] if line.count("\t") == 1]
+        assert finals == offline
+        for path in audio:
+            growing = [line.split("\t") for line in lines if line.count("\t") == 2 and line.startswith(path)]
+            times = [float(t.removesuffix(" s")) for _, t, _ in growing]
+            assert times == sorted(times) and all(t > 0 for t in times)
+            texts = [text for _, _, text in growing]
+            assert all(b.startswith(a) and len(b) > len(a) for a, b in zip(texts, texts[1:], strict=False))
+            final = next(line.split("\t")[1] for line in finals if line.startswith(path))
+            assert " ".join((texts[-1] if texts else "").split()) == final
+    with pytest.raises(ConfigError, match="model.bidirectional=true cannot stream"):
+        run(compose(["mode=stream", f"checkpoint={trained[1] / 'last.pt'}", files]), tmp_path)

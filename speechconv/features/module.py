@@ -109,8 +109,7 @@ class LogMelDeltas(nn.Module):
         and buffers: one stream (``batch_size=None``: ``accept((S,)) -> (t, F, C)``) or
         ``batch_size`` independent ones (``accept((B, S), lengths) -> [(t_b, F, C)] * B``).
         Raises ``ValueError`` for settings that cannot stream (utterance normalisation, dither)."""
-        return FeatureStream(self.config, self.window, self.mel_matrix, self.dft_basis, self.global_stats,
-                             batch_size)
+        return FeatureStream(self, batch_size)
 
     def forward(
         self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None

@@ -12,13 +12,20 @@ frame is computed by the same operations on the same values as offline:
 * it is emitted once the statics of frames ``t - P .. t + P`` exist (``P``:
   :func:`speechconv.features.deltas.context_frames`), the earlier ones clamped at frame
   0 as offline;
-* ``finish()`` makes the statics of the last ``center`` frames from zeros after the
-  end, replicates the real last frame for the deltas and emits the rest.
+* the last chunk (``final``) makes the statics of the last ``center`` frames from zeros
+  after the end, replicates the real last frame for the deltas and emits the rest.
 
 Concatenating every ``accept`` output and the ``finish`` output gives
 ``LogMelDeltas()(whole_waveform)[0]`` exactly (``torch.equal``).  After ``n`` samples
 ``stream_frames_ready(n)`` frames are out (:mod:`speechconv.shapes`): each frame
 waits :attr:`FeatureStream.look_ahead_samples` samples past its time ``t*hop``.
+
+The state of ``B`` streams is a :class:`FeatureState` of tensors and
+:meth:`FeatureStream.step` maps (state, chunk) to (frames, state) with tensor ops
+only: one code path for one stream, a batch whose streams start and end
+independently, and a fixed-size step exported to ONNX
+(:class:`speechconv.streaming.step.FeatureStep`), whose buffers then take the sizes
+:func:`speechconv.shapes.batch_bound` gives them.
 
 Settings that cannot stream raise: utterance normalisation (its statistics need the
 whole utterance; use global statistics from :func:`speechconv.compute_global_stats`)
@@ -27,36 +34,50 @@ and dither (random: no two runs agree; set ``dither=0``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
 from speechconv import shapes
-from speechconv.feature_config import FeatureConfig
 from speechconv.features import deltas
 from speechconv.features.pipeline import features_from_statics, static_log_mel
 
+if TYPE_CHECKING:
+    from speechconv.features.module import LogMelDeltas
 
-@dataclass
-class _Utterance:
-    """One stream's state: ``samples`` ``(s,)`` from the start of frame ``made``'s window on,
-    ``statics`` ``(k, F)`` holding frames ``first .. first + k - 1``."""
+
+class FeatureState(NamedTuple):
+    """The state of ``B`` feature streams, every field a tensor.
+
+    Attributes:
+        samples: ``(B, win)`` float: the samples from the start of frame ``made``'s
+            window on, ``held`` of them (``center`` framing: the lead zeros included).
+        held: ``(B,)`` int64 (negative: samples still to skip, when ``hop > win``).
+        statics: ``(B, 2P, F)``: the statics of frames ``made - 2P .. made - 1``, those
+            before frame 0 unspecified (never read).
+        made: ``(B,)`` int64 frames whose statics exist; ``max(made - P, 0)`` of them are out.
+        received: ``(B,)`` int64 samples accepted since the utterance began.
+    """
 
     samples: torch.Tensor
+    held: torch.Tensor
     statics: torch.Tensor
-    first: int = 0
-    emitted: int = 0
-    received: int = 0
+    made: torch.Tensor
+    received: torch.Tensor
 
-    @property
-    def made(self) -> int:
-        return self.first + self.statics.shape[0]
+
+def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x`` ``(B, T, ...)`` at per-stream positions ``index`` ``(B, T')`` (each in ``[0, T)``)
+    -> ``(B, T', ...)``, by whole rows (index_select: faster than an element-wise gather)."""
+    B, T = x.shape[:2]
+    flat = (index + torch.arange(B, device=x.device)[:, None] * T).reshape(-1)  # (B * T',) rows of (B * T, ...)
+    return x.reshape(B * T, *x.shape[2:]).index_select(0, flat).view(B, index.shape[1], *x.shape[2:])
 
 
 class FeatureStream:
     """Features of ``batch_size`` independent streams of audio, chunk by chunk.
 
-    Made by :meth:`speechconv.LogMelDeltas.streaming` (the arguments are its settings
+    Made by :meth:`speechconv.LogMelDeltas.streaming` (it reads that module's settings
     and buffers).  One stream (``batch_size=None``)::
 
         stream = LogMelDeltas(config).streaming()
@@ -68,7 +89,8 @@ class FeatureStream:
     ``lengths[b]`` samples of stream ``b`` and returns a list of ``B`` tensors
     ``(t_b, F, C)``; ``finish(b)`` ends stream ``b`` alone (returning its last frames)
     and ``reset(b)`` drops it, so streams start and end independently.  Each stream's
-    frames equal its own offline features.
+    frames equal its own offline features.  :meth:`step` is the same on an explicit
+    :class:`FeatureState`, with padded outputs.
 
     Attributes:
         look_ahead_samples: samples past frame ``t``'s time ``t*hop`` (its start for
@@ -80,9 +102,8 @@ class FeatureStream:
             holds back at most this many frames whose windows it has already seen.
     """
 
-    def __init__(self, config: FeatureConfig, window: torch.Tensor, mel: torch.Tensor, basis: torch.Tensor | None,
-                 global_stats: tuple[torch.Tensor, torch.Tensor] | None, batch_size: int | None = None) -> None:
-        cfg = config
+    def __init__(self, module: LogMelDeltas, batch_size: int | None = None) -> None:
+        cfg = module.config
         if cfg.normalization == "utterance":
             raise ValueError("features.normalization='utterance' cannot stream: its statistics need the whole "
                              "utterance; use normalization='global' with statistics from "
@@ -93,35 +114,39 @@ class FeatureStream:
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                        or batch_size < 1):
             raise ValueError(f"batch_size={batch_size!r} is invalid: expected None (one stream) or an int >= 1")
-        self.config = cfg
-        self._window, self._mel, self._basis, self._global_stats = window, mel, basis, global_stats
+        self.config, self.module = cfg, module
         self.batch_size = batch_size
         self.context_frames = deltas.context_frames(cfg.delta_window, cfg.channels)
         self._lead = shapes.window_lead(cfg.win_length, cfg.n_fft, cfg.framing)
+        # center framing: the last windows reach this many samples past the end (zeros, as torch.stft pads)
+        self._tail = max(cfg.win_length - self._lead, 0) if cfg.framing == "center" else 0
         self.look_ahead_samples = shapes.stream_look_ahead(cfg.win_length, cfg.hop_length, cfg.n_fft,
                                                            cfg.framing, self.context_frames)
         self.look_ahead_ms = 1000.0 * self.look_ahead_samples / cfg.sample_rate
-        self._streams = [self._fresh() for _ in range(batch_size or 1)]
+        self.state = self.initial_state(batch_size or 1)
 
-    def _fresh(self) -> _Utterance:
-        like = self._mel
-        return _Utterance(like.new_zeros(self._lead), like.new_zeros(0, self.config.n_mels))
+    def initial_state(self, batch: int) -> FeatureState:
+        """The state of ``batch`` streams before their first sample."""
+        cfg, like = self.config, self.module.mel_matrix
+        counts = torch.zeros(batch, dtype=torch.int64, device=like.device)
+        # made and received: two tensors, never one aliased (an exporter would make them one input)
+        return FeatureState(like.new_zeros(batch, cfg.win_length), counts + self._lead,
+                            like.new_zeros(batch, 2 * self.context_frames, cfg.n_mels), counts, counts.clone())
 
     # ------------------------------------------------------------------ queries
     def samples_accepted(self, index: int = 0) -> int:
         """Samples stream ``index`` has accepted since it (re)started."""
-        return self._streams[index].received
+        return int(self.state.received[index])
 
     def frames_emitted(self, index: int = 0) -> int:
         """Frames stream ``index`` has emitted since it (re)started
         (:func:`speechconv.shapes.stream_frames_ready` of :meth:`samples_accepted`)."""
-        return self._streams[index].emitted
+        return max(int(self.state.made[index]) - self.context_frames, 0)
 
     def frames_held(self, index: int = 0) -> int:
         """Frames of stream ``index`` whose windows are complete but that wait for their
         look-ahead (at most :attr:`context_frames`)."""
-        state = self._streams[index]
-        return state.made - state.emitted
+        return int(self.state.made[index]) - self.frames_emitted(index)
 
     # ------------------------------------------------------------------ input
     def accept(self, samples: torch.Tensor,
@@ -140,23 +165,36 @@ class FeatureStream:
         if samples.dim() != (1 if single else 2) or not samples.is_floating_point():
             expected = "(S,) for one stream" if single else f"(B, S) with B = {self.batch_size}"
             raise ValueError(f"samples must be float {expected}, got {samples.dtype} {tuple(samples.shape)}")
-        batch = samples[None] if single else samples  # (S,) -> (1, S)
-        B, S = batch.shape
-        lens = [S] * B if lengths is None or single else torch.as_tensor(lengths).reshape(-1).tolist()
-        if B != len(self._streams) or len(lens) != B or any(not 0 <= n <= S for n in lens):
-            raise ValueError(f"expected {len(self._streams)} rows with lengths in [0, {S}], got samples "
-                             f"{tuple(samples.shape)} and lengths {lengths!r}")
-        batch = batch.to(device=self._mel.device, dtype=torch.float32)
-        for state, row, n in zip(self._streams, batch, lens, strict=True):
-            state.samples = torch.cat([state.samples, row[:n]])
-            state.received += n
-        cfg = self.config
-        counts = [shapes.frames_from_samples(s.samples.shape[0], cfg.win_length, cfg.hop_length, "kaldi")
-                  for s in self._streams]
-        self._make_statics(self._streams, counts)
-        ends = [max(s.made - self.context_frames, s.emitted) for s in self._streams]
-        out = self._emit(self._streams, ends, [s.made for s in self._streams])
+        frames, counts = self.advance(samples[None] if single else samples,  # (S,) -> (1, S)
+                                      None if single else lengths)
+        out = [frames[b, :n] for b, n in enumerate(counts.tolist())]
         return out[0] if single else out
+
+    def advance(self, chunk: torch.Tensor, lengths: torch.Tensor | None = None,
+                final: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`step` on this stream's own state, with the input checked: the batched
+        form that a front-end stream chains to the encoder's.
+
+        Args:
+            chunk: ``(B, S)`` float; ``lengths``: ``(B,)`` samples of each row to take
+                (``None``: all ``S``); ``final``: ``(B,)`` bool, the streams that end
+                after them (``None``: none).
+
+        Returns:
+            ``(frames (B, E, F, C), counts (B,))``: stream ``b``'s new frames are
+            ``frames[b, :counts[b]]``.
+        """
+        B = self.state.made.shape[0]
+        device = self.state.made.device
+        S = chunk.shape[-1]
+        lens = torch.full((B,), S, dtype=torch.int64, device=device) if lengths is None else \
+            torch.as_tensor(lengths, device=device).reshape(-1).to(torch.int64)
+        if chunk.dim() != 2 or chunk.shape[0] != B or lens.shape != (B,) or bool(((lens < 0) | (lens > S)).any()):
+            raise ValueError(f"expected {B} rows with lengths in [0, {S}], got samples "
+                             f"{tuple(chunk.shape)} and lengths {lengths!r}")
+        final = torch.zeros(B, dtype=torch.bool, device=device) if final is None else final.to(device, torch.bool)
+        frames, counts, self.state = self.step(self.state, chunk.to(device=device, dtype=torch.float32), lens, final)
+        return frames, counts
 
     def finish(self, index: int | None = None) -> torch.Tensor | list[torch.Tensor]:
         """End stream ``index`` (``None``: every stream) and return its last frames.
@@ -166,60 +204,89 @@ class FeatureStream:
         Returns:
             ``(t, F, C)``, or for ``index=None`` on a batch a list of ``B`` of them.
         """
-        indices = range(len(self._streams)) if index is None else [index]
-        states = [self._streams[i] for i in indices]
-        cfg = self.config
-        totals = [shapes.frames_from_samples(s.received, cfg.win_length, cfg.hop_length, cfg.framing)
-                  for s in states]
-        for state, total in zip(states, totals, strict=True):
-            assert state.made <= total, f"{state.made} frames made of {total}"
-            missing = (total - state.made - 1) * cfg.hop_length + cfg.win_length - state.samples.shape[0]
-            if total > state.made and missing > 0:  # center framing: the zeros torch.stft pads after the end
-                state.samples = torch.cat([state.samples, state.samples.new_zeros(missing)])
-        self._make_statics(states, [total - s.made for s, total in zip(states, totals, strict=True)])
-        out = self._emit(states, totals, totals)
-        for i in indices:
-            self._streams[i] = self._fresh()
-        return out if index is None and self.batch_size is not None else out[0]
+        B, device = self.state.made.shape[0], self.state.made.device
+        final = torch.ones(B, dtype=torch.bool, device=device) if index is None else \
+            torch.arange(B, device=device) == index
+        frames, counts = self.advance(self.state.samples.new_zeros(B, 0), None, final)
+        out = [frames[b, :n] for b, n in enumerate(counts.tolist())]
+        return out if index is None and self.batch_size is not None else out[0 if index is None else index]
 
     def reset(self, index: int | None = None) -> None:
         """Drop stream ``index`` (``None``: every stream) without output; it starts afresh."""
-        for i in range(len(self._streams)) if index is None else [index]:
-            self._streams[i] = self._fresh()
+        B, device = self.state.made.shape[0], self.state.made.device
+        drop = torch.ones(B, dtype=torch.bool, device=device) if index is None else \
+            torch.arange(B, device=device) == index
+        self.state = self._restart(self.state, drop)
 
-    # ------------------------------------------------------------------ the offline steps
-    def _make_statics(self, states: list[_Utterance], counts: list[int]) -> None:
-        """Statics of the next ``counts[b]`` frames of each stream (windows from its samples)."""
-        M = max(counts, default=0)
-        if M == 0:
-            return
-        cfg = self.config
-        width = max(s.samples.shape[0] for s in states)
-        padded = torch.stack([torch.nn.functional.pad(s.samples, (0, width - s.samples.shape[0]))
-                              for s in states])  # (B, width)
-        static = static_log_mel(padded, M, cfg, self._window, self._mel, self._basis)  # (B, M, F)
-        for state, frames, m in zip(states, static, counts, strict=True):
-            state.statics = torch.cat([state.statics, frames[:m]])
-            state.samples = state.samples[m * cfg.hop_length :]
+    def _restart(self, state: FeatureState, which: torch.Tensor) -> FeatureState:
+        """``state`` with the streams in ``which`` ``(B,)`` bool back at their start."""
+        if not torch.compiler.is_compiling() and not bool(which.any()):
+            return state
+        fresh = self.initial_state(which.shape[0])
+        return FeatureState(*(torch.where(which.view(-1, *[1] * (new.dim() - 1)), new, old)  # (B,) -> (B, 1, ...)
+                              for new, old in zip(fresh, state, strict=True)))
 
-    def _emit(self, states: list[_Utterance], ends: list[int], edges: list[int]) -> list[torch.Tensor]:
-        """Frames ``[emitted, ends[b])`` of each stream, with its statics clamped at frame
-        ``edges[b] - 1`` (the real last frame at ``finish``; mid-stream no emitted frame
-        reads that far); then the statics no later frame reads are dropped."""
-        cfg = self.config
-        K = max(s.statics.shape[0] for s in states)
-        if all(end <= s.emitted for s, end in zip(states, ends, strict=True)) or K == 0:
-            return [states[0].statics.new_zeros(0, cfg.n_mels, cfg.n_channels) for _ in states]
-        statics = torch.stack([torch.nn.functional.pad(s.statics, (0, 0, 0, K - s.statics.shape[0]))
-                               for s in states])  # (B, K, F)
-        lengths = torch.tensor([edge - s.first for s, edge in zip(states, edges, strict=True)],
-                               device=statics.device)
-        features = features_from_statics(statics, lengths, cfg, self._global_stats)  # (B, K, F, C)
-        out = []
-        for state, frames, end in zip(states, features, ends, strict=True):
-            out.append(frames[state.emitted - state.first : end - state.first])
-            state.emitted = end
-            keep = max(end - self.context_frames, 0)  # the earliest frame a later delta reads
-            state.statics = state.statics[keep - state.first :]
-            state.first = keep
-        return out
+    # ------------------------------------------------------------------ the step
+    def step(self, state: FeatureState, chunk: torch.Tensor, lengths: torch.Tensor,
+             final: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, FeatureState]:
+        """The next samples of ``B`` streams: their new final frames and the next state.
+
+        Args:
+            state: the streams' :class:`FeatureState`.
+            chunk: ``(B, S)`` float; stream ``b``'s samples are the first ``lengths[b]``
+                (what lies past them is never read, NaN included).
+            lengths: ``(B,)`` int64 in ``[0, S]``.
+            final: ``(B,)`` bool: the streams whose utterance ends with this chunk; they
+                emit every frame left and start afresh in the returned state.
+
+        Returns:
+            ``(frames (B, E, F, C), counts (B,), state)``: stream ``b``'s new frames are
+            ``frames[b, :counts[b]]``, in order; past them ``frames`` holds anything.
+            ``E`` is the largest count, or in a traced graph its bound for ``S``.
+        """
+        cfg, m = self.config, self.module
+        win, hop, P = cfg.win_length, cfg.hop_length, self.context_frames
+        K = 2 * P
+        B, S = chunk.shape
+        H = state.samples.shape[1]
+        chunk = chunk.to(state.samples.dtype)
+        # The samples from frame `made`'s window on: the held ones, the chunk's, then zeros.
+        width = H + S + self._tail
+        p = torch.arange(width, device=chunk.device)[None, :]  # (1, W)
+        held = state.held[:, None]  # (B, 1)
+        source = torch.where(p < held, p, p - held + H).clamp(0, H + S - 1)  # (B, W) column of `joined`
+        joined = torch.cat([state.samples, chunk], dim=1)  # (B, H + S)
+        available = state.held + lengths
+        buffer = torch.where(p < available[:, None], joined.gather(1, source), 0.0)  # (B, W)
+        received = state.received + lengths
+        total = shapes.frames_from_samples_tensor(received, win, hop, cfg.framing)
+        new = torch.where(final, total - state.made,
+                          shapes.frames_from_samples_tensor(available, win, hop, "kaldi"))  # (B,) new statics
+        N = shapes.batch_bound(new, shapes.frames_from_samples(width, win, hop, "kaldi"))
+        statics = static_log_mel(buffer, N, cfg, m.window, m.mel_matrix, m.dft_basis) if N > 0 \
+            else buffer.new_zeros(B, 0, cfg.n_mels)  # (B, N, F)
+        made = state.made + new
+        start = (state.made - P).clamp(min=0)  # frames out so far
+        end = torch.where(final, made, (made - P).clamp(min=0))
+        counts = end - start
+        if K + N == 0:  # statics alone, and no new frame
+            frames = buffer.new_zeros(B, 0, cfg.n_mels, cfg.n_channels)
+            kept = state.statics
+        else:
+            # Position q of `history` holds frame made - K + q; those before frame 0 (the first
+            # `skip`) are left out, so that a stream's first frame is the deltas' left edge, as
+            # offline (the cascade rule replicates d_0, not c_0: padding with c_0 would differ).
+            history = torch.cat([state.statics, statics], dim=1)  # (B, K + N, F)
+            skip = (K - state.made).clamp(min=0)  # (B,)
+            u = torch.arange(K + N, device=chunk.device)[None, :]  # (1, K + N)
+            aligned = _rows(history, (u + skip[:, None]).clamp(max=K + N - 1))  # (B, K + N, F) from frame made - K + skip
+            features = features_from_statics(aligned, K + new - skip, cfg, m.global_stats)  # (B, K + N, F, C)
+            E = shapes.batch_bound(counts, N + P)
+            first = start - (state.made - K).clamp(min=0)  # position of frame `start` in `aligned`
+            at = (first[:, None] + torch.arange(E, device=chunk.device)).clamp(max=K + N - 1)  # (B, E)
+            frames = _rows(features, at)  # (B, E, F, C)
+            kept = _rows(history, (new[:, None] + torch.arange(K, device=chunk.device)).clamp(max=K + N - 1))
+        shift = new * hop
+        ahead = (shift[:, None] + torch.arange(H, device=chunk.device)).clamp(max=width - 1)  # (B, H)
+        following = FeatureState(buffer.gather(1, ahead), available - shift, kept, made, received)
+        return frames, counts, self._restart(following, final)
