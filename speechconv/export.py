@@ -207,14 +207,18 @@ def export_program(module: nn.Module, features: LogMelDeltas, encoder_min_frames
                                    prefer_deferred_runtime_asserts_over_guards=True)
 
 
-def _write(program: torch.export.ExportedProgram, path: str | os.PathLike, fmt: str, output_names: list[str],
-           metadata: dict[str, str]) -> Path:
-    """Save ``program`` as ``fmt`` to ``path`` atomically."""
+def save_pt2(program: torch.export.ExportedProgram, path: str | os.PathLike) -> Path:
+    """Write ``program`` with ``torch.export.save``, atomically; ``torch.export.load`` reads it."""
     path = Path(path)
-    if fmt == "pt2":
-        with atomic_path(path) as tmp:
-            torch.export.save(program, tmp)
-        return path
+    with atomic_path(path) as tmp:
+        torch.export.save(program, tmp)
+    return path
+
+
+def save_onnx(program: torch.export.ExportedProgram, path: str | os.PathLike, output_names: list[str],
+              metadata: dict[str, str]) -> Path:
+    """Convert ``program`` to ONNX (inputs :data:`INPUT_NAMES`, outputs ``output_names``,
+    ``metadata`` as ``metadata_props``) and write it atomically."""
     import onnx
 
     onnx_program = torch.onnx.export(program, dynamo=True, input_names=INPUT_NAMES, output_names=output_names,
@@ -222,70 +226,88 @@ def _write(program: torch.export.ExportedProgram, path: str | os.PathLike, fmt: 
     proto = onnx_program.model_proto
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value)
+    path = Path(path)
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))
     return path
 
 
-def _check_format(fmt: str) -> None:
+def check_format(fmt: str) -> None:
+    """Raise :class:`ExportError` unless ``fmt`` is one of :data:`FORMATS`."""
     if fmt not in FORMATS:
-        raise ExportError(f"export.format={fmt!r} is invalid: expected one of {FORMATS} (ONNX for onnxruntime, "
+        raise ExportError(f"export.format={fmt!r} is invalid: expected one of {FORMATS} (onnx for onnxruntime, "
                           f"pt2 for torch.export.load)")
 
 
-def export_recogniser(model: CTCModel, features: LogMelDeltas, vocab: CharVocabulary, path: str | os.PathLike,
-                      fmt: str = "onnx") -> Path:
-    """Write the whole recogniser, raw audio to log-probabilities, to ``path``.
+def recogniser_program(model: CTCModel, features: LogMelDeltas,
+                       vocab: CharVocabulary) -> tuple[torch.export.ExportedProgram, dict[str, str]]:
+    """``torch.export`` of the whole recogniser's eval form, and its ONNX metadata.
 
     Args:
         model: a trained :class:`speechconv.models.CTCModel` (left as it is).
         features: the feature stage it was trained on.
-        vocab: its vocabulary (ONNX metadata ``vocabulary`` and ``blank``).
-        path: the file to write (atomically).
-        fmt: ``onnx`` or ``pt2``.
+        vocab: its vocabulary (metadata ``vocabulary`` and ``blank``).
 
     Returns:
-        ``path``.  The graph maps ``waveforms (B, S), lengths (B,)`` to ``log_probs (B,
-        T', V), out_lengths (B,)`` (module docstring).
+        ``(program, metadata)``: the program maps ``waveforms (B, S), lengths (B,)`` to
+        ``log_probs (B, T', V), out_lengths (B,)`` (module docstring).
     """
-    _check_format(fmt)
     check_exportable(features, model)
     if model.out.out_features != len(vocab) or model.blank_id != vocab.blank_id:
         raise ExportError(f"the model's {model.out.out_features} outputs (blank {model.blank_id}) do not fit the "
-                          f"vocabulary of {len(vocab)} symbols (blank {vocab.blank_id}); pass the model's own vocabulary")
+                          f"vocabulary of {len(vocab)} symbols (blank {vocab.blank_id}); pass the model's own "
+                          f"vocabulary")
     module = Recogniser(eval_form(features), eval_form(model))
     program = export_program(module, features, model.body.encoder.min_input_frames)
     metadata = {"vocabulary": json.dumps(vocabulary_symbols(vocab), ensure_ascii=False),
                 "blank": str(vocab.blank_id), "sample_rate": str(features.config.sample_rate)}
-    return _write(program, path, fmt, RECOGNISER_OUTPUTS, metadata)
+    return program, metadata
 
 
-def export_frontend(features: LogMelDeltas, encoder: nn.Module, path: str | os.PathLike, fmt: str = "onnx",
-                    min_input_frames: int | None = None) -> Path:
-    """Write a front-end of your own, raw audio to encoder output, to ``path``.
+def frontend_program(features: LogMelDeltas, encoder: nn.Module,
+                     min_input_frames: int | None = None) -> torch.export.ExportedProgram:
+    """``torch.export`` of a front-end of your own: the feature stage then ``encoder``.
 
     Args:
         features: the feature stage, ``(B, S)`` -> ``(B, T, F, C)``.
         encoder: any module mapping ``(B, T, F, C)`` features and ``(B,)`` frame lengths
-            to ``(encoded (B, T', D), out_lengths (B,))`` whose ops ``torch.export``
-            traces with dynamic sizes (a :class:`speechconv.ConvEncoder` is folded, any
-            ``nn.LSTM`` layer of it becomes a :class:`ScanLSTM`).
-        path: the file to write (atomically).
-        fmt: ``onnx`` or ``pt2``.
+            to ``(encoded (B, T', D), out_lengths (B,))`` that ``torch.export`` traces with
+            dynamic sizes (no Python branch on values); a :class:`speechconv.ConvEncoder`
+            in it is folded and an ``nn.LSTM`` child becomes a :class:`ScanLSTM`
+            (:func:`eval_form`).
         min_input_frames: the encoder's fewest input frames (default: its
             ``min_input_frames`` attribute, else 1).
 
     Returns:
-        ``path``; the graph's inputs are ``waveforms``, ``lengths`` and its outputs
-        ``encoded``, ``out_lengths``.
+        The program: ``waveforms (B, S), lengths (B,)`` -> ``encoded, out_lengths (B,)``.
     """
-    _check_format(fmt)
     check_exportable(features)
     if min_input_frames is None:
         min_input_frames = int(getattr(encoder, "min_input_frames", 1))
-    module = Frontend(eval_form(features), eval_form(encoder))
-    program = export_program(module, features, min_input_frames)
-    return _write(program, path, fmt, FRONTEND_OUTPUTS, {"sample_rate": str(features.config.sample_rate)})
+    return export_program(Frontend(eval_form(features), eval_form(encoder)), features, min_input_frames)
+
+
+def export_recogniser(model: CTCModel, features: LogMelDeltas, vocab: CharVocabulary, path: str | os.PathLike,
+                      fmt: str = "onnx") -> Path:
+    """Write the whole recogniser, raw audio to log-probabilities (:func:`recogniser_program`),
+    to ``path`` as ``fmt`` (``onnx`` with its metadata, or ``pt2``); returns ``path``."""
+    check_format(fmt)
+    program, metadata = recogniser_program(model, features, vocab)
+    if fmt == "pt2":
+        return save_pt2(program, path)
+    return save_onnx(program, path, RECOGNISER_OUTPUTS, metadata)
+
+
+def export_frontend(features: LogMelDeltas, encoder: nn.Module, path: str | os.PathLike, fmt: str = "onnx",
+                    min_input_frames: int | None = None) -> Path:
+    """Write a front-end of your own, raw audio to encoder output (:func:`frontend_program`),
+    to ``path`` as ``fmt``; the ONNX outputs are ``encoded`` and ``out_lengths``, its
+    metadata ``sample_rate``.  Returns ``path``."""
+    check_format(fmt)
+    program = frontend_program(features, encoder, min_input_frames)
+    if fmt == "pt2":
+        return save_pt2(program, path)
+    return save_onnx(program, path, FRONTEND_OUTPUTS, {"sample_rate": str(features.config.sample_rate)})
 
 
 def vocabulary_symbols(vocab: CharVocabulary) -> list[str]:
