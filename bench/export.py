@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.features import audio_pool, utterances  # noqa: E402
 from bench.report import machine, write_section  # noqa: E402
 from speechconv import export  # noqa: E402
-from speechconv.config import compose, validate  # noqa: E402
+from speechconv.config import validate  # noqa: E402
+from train import compose  # noqa: E402
 from speechconv.features import LogMelDeltas  # noqa: E402
 from speechconv.models import build_model  # noqa: E402
 from speechconv.text import CharVocabulary  # noqa: E402

@@ -30,13 +30,14 @@ from torch import nn
 
 from speechconv import export
 from speechconv.audio import load_audio
-from speechconv.config import compose, validate
+from speechconv.config import validate
 from speechconv.encoder import ConvEncoder
 from speechconv.features import LogMelDeltas
 from speechconv.models import build_model, ctc_collapse
 from speechconv.text import CharVocabulary
 from tests.conftest import ROOT, SPEECH_CLIPS
 from tests.test_features_export import bundled_batch
+from train import compose
 
 LOG_PROBS_ATOL = 1e-3
 """onnxruntime against eager (the issue's bound)."""
