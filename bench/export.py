@@ -41,10 +41,10 @@ from bench.features import audio_pool, utterances  # noqa: E402
 from bench.report import machine, write_section  # noqa: E402
 from speechconv import export  # noqa: E402
 from speechconv.config import validate  # noqa: E402
-from train import compose  # noqa: E402
 from speechconv.features import LogMelDeltas  # noqa: E402
 from speechconv.models import build_model  # noqa: E402
 from speechconv.text import CharVocabulary  # noqa: E402
+from train import compose  # noqa: E402
 
 SHAPES = ((32, 3), (8, 10))
 """(utterances, seconds each) of the batches."""
@@ -76,9 +76,9 @@ def build(folder: Path) -> list[tuple[str, torch.nn.Module, Path]]:
     return rows
 
 
-def timed(fn) -> float:
+def timed(fn, *args) -> float:
     start = time.perf_counter()
-    fn()
+    fn(*args)
     return time.perf_counter() - start
 
 
@@ -115,8 +115,8 @@ def main() -> None:
                 for _ in range(repeats):
                     for name, module, _ in rows:
                         with torch.inference_mode():
-                            times[(name, "eager")].append(timed(lambda m=module: m(batch, lengths)))
-                        times[(name, "ort")].append(timed(lambda s=sessions[name]: s.run(None, feed)))
+                            times[(name, "eager")].append(timed(module, batch, lengths))
+                        times[(name, "ort")].append(timed(sessions[name].run, None, feed))
                 for name, _, _ in rows:
                     eager_ms = 1000 * statistics.median(times[(name, "eager")])
                     ort_ms = 1000 * statistics.median(times[(name, "ort")])

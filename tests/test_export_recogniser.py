@@ -56,7 +56,7 @@ def default_recogniser(*overrides: str) -> tuple[nn.Module, LogMelDeltas, CharVo
     model = build_model(cfg.model, cfg.encoder, cfg.features, vocab)
     randomise_batch_norms(model)
     with torch.no_grad():
-        model.out.weight.mul_(30.0)  # logits with a spread of several nats: clear greedy winners
+        model.out.weight.mul_(10.0)  # logits with a spread of several nats: clear greedy winners
     return model.eval(), LogMelDeltas(cfg.features).eval(), vocab
 
 
@@ -72,21 +72,28 @@ def eager(model: nn.Module, features: LogMelDeltas, batch: torch.Tensor, lengths
         return model.log_probs(feats, frames)
 
 
-@pytest.fixture(scope="module", params=["torchaudio", "kaldi"])
-def exported(request, tmp_path_factory):
-    """``(model, features, vocab, onnxruntime session, onnx path, loaded pt2 module)`` per backend."""
-    model, features, vocab = default_recogniser(*(["features=kaldi"] if request.param == "kaldi" else []))
-    program, metadata = export.recogniser_program(model, features, vocab)
-    folder = tmp_path_factory.mktemp(f"export-{request.param}")
-    path = export.save_onnx(program, folder / "model.onnx", export.RECOGNISER_OUTPUTS, metadata)
-    loaded = torch.export.load(export.save_pt2(program, folder / "model.pt2")).module()
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return model, features, vocab, session, path, loaded
-
-
 @pytest.mark.slow
-def test_onnx_interface_and_metadata(exported) -> None:
-    model, features, vocab, session, path, _ = exported
+@pytest.mark.parametrize("backend", ["torchaudio", "kaldi"])
+def test_recogniser_export(backend, tmp_path) -> None:
+    """One export per backend (tracing and converting take most of this test's time),
+    every check on it: the ONNX interface and metadata; onnxruntime and the saved and
+    reloaded pt2 program against eager on a padded batch; greedy transcripts on every
+    fixture, alone and batched; examples/transcribe_onnx.py without torch; and, for the
+    default run's features (torchaudio), its validation utterances."""
+    model, features, vocab = default_recogniser(*(["features=kaldi"] if backend == "kaldi" else []))
+    program, metadata = export.recogniser_program(model, features, vocab)
+    path = export.save_onnx(program, tmp_path / "model.onnx", export.RECOGNISER_OUTPUTS, metadata)
+    loaded = torch.export.load(export.save_pt2(program, tmp_path / "model.pt2")).module()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    check_interface_and_metadata(model, features, vocab, session, path)
+    check_padded_batch(model, features, session, loaded)
+    check_fixtures_alone_and_batched(model, features, vocab, session)
+    check_example_without_torch(model, features, vocab, path, tmp_path)
+    if backend == "torchaudio":
+        check_validation_utterances(model, features, vocab, session)
+
+
+def check_interface_and_metadata(model, features, vocab, session, path) -> None:
     inputs, outputs = session.get_inputs(), session.get_outputs()
     assert [(i.name, i.type) for i in inputs] == [("waveforms", "tensor(float)"), ("lengths", "tensor(int64)")]
     assert [(o.name, o.type) for o in outputs] == [("log_probs", "tensor(float)"), ("out_lengths", "tensor(int64)")]
@@ -98,9 +105,8 @@ def test_onnx_interface_and_metadata(exported) -> None:
                                           "sample_rate": features.config.sample_rate}
 
 
-@pytest.mark.slow
-def test_onnx_and_pt2_equal_eager_on_a_padded_batch(exported) -> None:
-    model, features, _, session, _, loaded = exported
+def check_padded_batch(model, features, session, loaded) -> None:
+    """Four clips cut to lengths the export never saw, padded into one batch."""
     batch, lengths = bundled_batch()
     want, want_lengths = eager(model, features, batch, lengths)
     got, got_lengths = session.run(None, {"waveforms": batch.numpy(), "lengths": lengths.numpy()})
@@ -112,19 +118,16 @@ def test_onnx_and_pt2_equal_eager_on_a_padded_batch(exported) -> None:
     torch.testing.assert_close(pt2, want, atol=PT2_ATOL, rtol=0)
 
 
-@pytest.mark.slow
-def test_greedy_transcripts_identical_on_every_fixture_alone_and_batched(exported) -> None:
+def check_fixtures_alone_and_batched(model, features, vocab, session) -> None:
     """Every bundled clip alone (onnxruntime's transcript equals eager's), then all of
     them in one padded batch (equal to alone)."""
-    model, features, vocab, session, _, _ = exported
     waves = [load_audio(p, sample_rate=features.config.sample_rate) for p in SPEECH_CLIPS]
     alone = []
     for path, wave in zip(SPEECH_CLIPS, waves, strict=True):
         lengths = torch.tensor([wave.numel()])
         log_probs, out_lengths = session.run(None, {"waveforms": wave[None].numpy(), "lengths": lengths.numpy()})
         with torch.no_grad():
-            feats, frames = features(wave[None], lengths)
-            want = model.greedy_decode(feats, frames)
+            want = model.greedy_decode(*features(wave[None], lengths))
         assert greedy(log_probs, out_lengths, vocab.blank_id) == want, path.name
         alone.append(log_probs[0, : out_lengths[0]])
     batch = nn.utils.rnn.pad_sequence(waves, batch_first=True)
@@ -135,17 +138,14 @@ def test_greedy_transcripts_identical_on_every_fixture_alone_and_batched(exporte
         assert np.abs(log_probs[b, : out_lengths[b]] - one).max() <= ALONE_ATOL, SPEECH_CLIPS[b].name
 
 
-@pytest.mark.slow
-def test_greedy_transcripts_identical_on_the_default_runs_validation_utterances(tmp_path) -> None:
+def check_validation_utterances(model, features, vocab, session) -> None:
     """Every validation utterance of the default run (``make run``: the seen and the
     held-out speakers' digit strings), in padded batches of 16: onnxruntime's greedy
     transcripts equal eager's."""
     from speechconv.training.data import build_train_data
 
     cfg = validate(compose(), check_mode=False)
-    model, features, vocab = default_recogniser()
-    path = export.export_recogniser(model, features, vocab, tmp_path / "model.onnx")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert cfg.features == features.config
     valid = build_train_data(cfg.data, cfg.features, vocab, cfg.trainer.seed).valid
     assert set(valid) == {"seen", "unseen"}
     count = 0
@@ -156,11 +156,37 @@ def test_greedy_transcripts_identical_on_the_default_runs_validation_utterances(
             batch, lengths = nn.utils.rnn.pad_sequence(group, batch_first=True), torch.tensor([w.numel() for w in group])
             log_probs, out_lengths = session.run(None, {"waveforms": batch.numpy(), "lengths": lengths.numpy()})
             with torch.no_grad():
-                feats, frames = features(batch, lengths)
-                want = model.greedy_decode(feats, frames)
+                want = model.greedy_decode(*features(batch, lengths))
             assert greedy(log_probs, out_lengths, vocab.blank_id) == want, (start, want)
             count += len(group)
     assert count == 2 * cfg.data.valid_size
+
+
+def check_example_without_torch(model, features, vocab, path, tmp_path) -> None:
+    """examples/transcribe_onnx.py in a subprocess where ``import torch`` fails: its
+    transcripts (the files in one padded batch) equal eager greedy decoding."""
+    import soundfile as sf
+
+    blocker = tmp_path / "no_torch" / "torch"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('torch is blocked in this test')\n")
+    files, want = [], []
+    for clip in SPEECH_CLIPS:
+        wave = load_audio(clip, sample_rate=features.config.sample_rate)
+        files.append(str(tmp_path / f"{clip.stem}.wav"))
+        sf.write(files[-1], wave.numpy(), features.config.sample_rate, subtype="FLOAT")
+        with torch.no_grad():
+            ids = model.greedy_decode(*features(wave[None], torch.tensor([wave.numel()])))[0]
+        want.append(" ".join(vocab.decode(ids).split()))
+    env = {**os.environ, "PYTHONPATH": str(blocker.parent)}
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "transcribe_onnx.py"), str(path), *files],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [name for name, _ in lines] == files
+    assert [text for _, text in lines] == want
+    check = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, text=True, env=env)
+    assert "torch is blocked" in check.stderr
 
 
 class ConvThenLSTM(nn.Module):
@@ -216,31 +242,3 @@ def test_export_refuses_what_a_graph_cannot_represent(tmp_path) -> None:
         export.recogniser_program(model, features, CharVocabulary(characters="ab"))
     assert not list(tmp_path.iterdir())
 
-
-@pytest.mark.slow
-def test_transcribe_onnx_example_runs_without_torch(exported, tmp_path) -> None:
-    """examples/transcribe_onnx.py in a subprocess where ``import torch`` fails: its
-    transcripts (the files in one padded batch) equal eager greedy decoding."""
-    import soundfile as sf
-
-    model, features, vocab, _, path, _ = exported
-    blocker = tmp_path / "no_torch" / "torch"
-    blocker.mkdir(parents=True)
-    (blocker / "__init__.py").write_text("raise ImportError('torch is blocked in this test')\n")
-    files, want = [], []
-    for clip in SPEECH_CLIPS:
-        wave = load_audio(clip, sample_rate=features.config.sample_rate)
-        files.append(str(tmp_path / f"{clip.stem}.wav"))
-        sf.write(files[-1], wave.numpy(), features.config.sample_rate, subtype="FLOAT")
-        with torch.no_grad():
-            ids = model.greedy_decode(*features(wave[None], torch.tensor([wave.numel()])))[0]
-        want.append(" ".join(vocab.decode(ids).split()))
-    env = {**os.environ, "PYTHONPATH": str(blocker.parent)}
-    result = subprocess.run([sys.executable, str(ROOT / "examples" / "transcribe_onnx.py"), str(path), *files],
-                            capture_output=True, text=True, env=env, timeout=120)
-    assert result.returncode == 0, result.stderr
-    lines = [line.split("\t") for line in result.stdout.splitlines()]
-    assert [name for name, _ in lines] == files
-    assert [text for _, text in lines] == want
-    check = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, text=True, env=env)
-    assert "torch is blocked" in check.stderr
