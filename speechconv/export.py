@@ -175,12 +175,19 @@ def eval_form(module: nn.Module) -> nn.Module:
     return module
 
 
+MIN_FRAMES = 3
+"""Fewest frames of the longest utterance of a batch that an exported graph takes:
+``torch.export`` specialises sizes 0 and 1, and tracing the conv encoder with its output
+as a graph output records a guard of three input frames."""
+
+
 def min_samples(features: LogMelDeltas, encoder_min_frames: int = 1) -> int:
     """Fewest samples of the longest utterance of a batch that an exported graph takes:
-    two frames (``torch.export`` specialises sizes 0 and 1) and the encoder's minimum
-    input (:func:`speechconv.shapes.min_samples_for_frames`)."""
+    :data:`MIN_FRAMES` and the encoder's minimum input, in samples
+    (:func:`speechconv.shapes.min_samples_for_frames`; 720 at the defaults, 45 ms)."""
     cfg = features.config
-    return shapes.min_samples_for_frames(max(2, encoder_min_frames), cfg.win_length, cfg.hop_length, cfg.framing)
+    frames = max(MIN_FRAMES, encoder_min_frames)
+    return shapes.min_samples_for_frames(frames, cfg.win_length, cfg.hop_length, cfg.framing)
 
 
 def _example(smallest: int, sample_rate: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -225,6 +225,22 @@ def test_frontend_of_ones_own_exports_to_onnx_and_pt2(tmp_path) -> None:
     torch.testing.assert_close(pt2, want, atol=PT2_ATOL, rtol=0)
 
 
+def test_scan_lstm_exports_with_any_length_and_equals_nn_lstm() -> None:
+    """:class:`speechconv.export.ScanLSTM` traced once with dynamic batch and frames, run at
+    other sizes: within 1e-6 of the ``nn.LSTM`` it wraps (the same recurrence, rounded in
+    another order; measured 1e-7)."""
+    torch.manual_seed(2)
+    lstm = nn.LSTM(12, 7, batch_first=True).eval()
+    batch, frames = torch.export.Dim("batch", min=1), torch.export.Dim("frames", min=2)
+    program = torch.export.export(export.ScanLSTM(lstm), (torch.randn(2, 9, 12),),
+                                  dynamic_shapes=({0: batch, 1: frames},))
+    for b, t in ((1, 2), (3, 5), (2, 300)):
+        x = torch.randn(b, t, 12)
+        with torch.no_grad():
+            got, _ = program.module()(x)
+            torch.testing.assert_close(got, lstm(x)[0], atol=1e-6, rtol=0)
+
+
 def test_export_refuses_what_a_graph_cannot_represent(tmp_path) -> None:
     model, features, vocab = default_recogniser("model.hidden=8", "model.projection=8")
     with pytest.raises(export.ExportError, match="features.dither"):

@@ -152,7 +152,8 @@ def log_mel(frames: torch.Tensor, n_fft: int, mel: torch.Tensor, power: float, l
     the ``n_fft`` samples (torch.stft centres it for ``center`` framing) only turns each
     DFT bin's phase, so the power spectrum is the same.  The spectrum and its power are
     computed in float64 (:data:`SPECTRUM_DTYPE`), then rounded to float32 for the mel
-    product, which is given at least :data:`MIN_ROWS` rows (zero rows appended).
+    product, which is given at least :data:`MIN_ROWS` rows (zero rows appended; not in a
+    graph traced for export, whose runtime picks its own kernels).
 
     Args:
         frames: ``(R, win)`` float64, ``win <= n_fft``.
@@ -177,5 +178,7 @@ def log_mel(frames: torch.Tensor, n_fft: int, mel: torch.Tensor, power: float, l
         energy = squares[:, :K] + squares[:, K:]
     if power == 1.0:
         energy = energy.sqrt_()
-    energy = F.pad(energy.to(mel.dtype), (0, 0, 0, torch.sym_max(MIN_ROWS - rows, 0)))  # (R', K)
+    energy = energy.to(mel.dtype)
+    if not torch.compiler.is_compiling() and rows < MIN_ROWS:  # eager: torch's kernel choice (a graph has its own)
+        energy = F.pad(energy, (0, 0, 0, MIN_ROWS - rows))  # (R, K) -> (MIN_ROWS, K)
     return torch.log(torch.clamp_min((energy @ mel)[:rows], log_floor))  # (R', F) -> (R, F)

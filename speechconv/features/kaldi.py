@@ -106,12 +106,13 @@ def kaldi_windowed(frames: torch.Tensor, window: torch.Tensor, preemphasis: floa
     if remove_dc:
         # The mean summed in float64 and rounded once: a float32 sum's rounding depends on
         # its order (torch's and onnxruntime's differ), and pre-emphasis turns a DC offset's
-        # last bit into 1e-3 of the lowest bins' energy.
-        mean = frames.sum(-1, keepdim=True, dtype=torch.float64).div_(frames.shape[-1]).to(frames.dtype)
+        # last bit into 1e-3 of the lowest bins' energy.  Summed from a float64 copy in
+        # ``out`` (3x faster than summing the strided float32 frames with dtype=float64).
+        mean = out.copy_(frames).sum(-1, keepdim=True).div_(frames.shape[-1]).to(frames.dtype)  # (B, T, 1)
         x = frames - mean  # (B, T, win)
     else:
         x = frames
     if preemphasis:
         previous = torch.cat([x[..., :1], x[..., :-1]], dim=-1)  # x[i-1], and x[0] at 0: a new (B, T, win)
         x = previous.mul_(-preemphasis).add_(x)  # -(c x[i-1]) + x[i] rounds as x[i] - c x[i-1]
-    return torch.mul(x, window, out=out)
+    return out.copy_(x).mul_(window)  # float32 -> float64, then the window
