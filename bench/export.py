@@ -18,7 +18,8 @@ compared with the eager eval-mode modules it was exported from:
 Batches: 32 x 3 s and 8 x 10 s of bundled speech (data/fixtures then data/fsdd, cut),
 padded, every utterance full length.  Each round times every row once, eager and
 onnxruntime side by side (interleaved: the machine is shared, and a burst of load hits
-both alike); the tables give medians over the rounds.  ``torch.set_num_threads`` and
+both alike), each run after a short pause (bench/features.py's: thread pools spin a while
+after a run); the tables give medians over the rounds.  ``torch.set_num_threads`` and
 onnxruntime's ``intra_op_num_threads`` are the same in each column.  Accuracy: the
 largest difference between onnxruntime's output and eager's on the first batch.
 """
@@ -37,7 +38,7 @@ import onnxruntime as ort
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.features import audio_pool, utterances  # noqa: E402
+from bench.features import PAUSE_SECONDS, audio_pool, utterances  # noqa: E402
 from bench.report import machine, write_section  # noqa: E402
 from speechconv import export  # noqa: E402
 from speechconv.config import validate  # noqa: E402
@@ -77,6 +78,9 @@ def build(folder: Path) -> list[tuple[str, torch.nn.Module, Path]]:
 
 
 def timed(fn, *args) -> float:
+    """Seconds ``fn(*args)`` takes, after a pause of :data:`PAUSE_SECONDS` (so that neither
+    runtime pays for the other's thread pool still spinning)."""
+    time.sleep(PAUSE_SECONDS)
     start = time.perf_counter()
     fn(*args)
     return time.perf_counter() - start
