@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(PY) bench/features.py
 	$(PY) bench/encoder.py
 	$(PY) bench/streaming.py
+	$(PY) bench/export.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check speechconv tests bench train.py

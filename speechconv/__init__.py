@@ -29,6 +29,8 @@ _EXPORTS = {
     "GatedMix": "speechconv.layers",
     "describe": "speechconv.inspector",
     "check_against_forward": "speechconv.inspector",
+    "export_recogniser": "speechconv.export",
+    "export_frontend": "speechconv.export",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -144,6 +144,28 @@ def test_transcribe_mode_reports_bad_files_and_keeps_going(trained, tmp_path, ca
     assert "corrupt.wav" in printed.err and "missing.flac" in printed.err
 
 
+@pytest.mark.slow
+def test_export_mode_writes_a_checked_graph(trained, tmp_path, capsys):
+    """``python train.py mode=export`` (ONNX, in a subprocess) and ``export.format=pt2`` (in
+    process, default path in the run folder): the file is written and matches the eager
+    model on a bundled clip (the job's own check, which returns 1 otherwise)."""
+    _, out = trained
+    onnx_path = tmp_path / "exported" / "model.onnx"
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "mode=export", f"checkpoint={out / 'last.pt'}",
+                           "export.format=onnx", f"export.path={onnx_path}", f"hydra.run.dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert onnx_path.is_file() and f"wrote {onnx_path}" in proc.stdout and "check on arctic_a0007.wav" in proc.stdout
+
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    assert json.loads(props["vocabulary"])[int(props["blank"])] == "<blank>" and props["sample_rate"] == "16000"
+    code = run(compose(["mode=export", f"checkpoint={out / 'last.pt'}", "export.format=pt2"]), tmp_path)
+    assert code == 0 and (tmp_path / "model.pt2").is_file()
+    assert "check on arctic_a0007.wav: log_probs within" in capsys.readouterr().out
+
+
 def test_same_seed_same_losses(tmp_path_factory):
     """With every perturbation and SpecAugment on: the seed alone decides the losses."""
     runs = [loop.train(tiny(tmp_path_factory, "trainer.max_steps=3", f"trainer.seed={s}"), tmp_path_factory.mktemp("d"))

@@ -4,8 +4,8 @@
 Per frame::
 
     samples (B, S) -> framing pads (and zeros beyond each length) -> frames (B, T, win), a strided view
-    -> backend's windowing (here: x Hann; Kaldi's in speechconv.features.kaldi), written into
-       zero rows of n_fft (fft_input) -> real DFT -> |X|^2 (or |X|) -> @ mel (K, F) -> log(max(x, log_floor))
+    -> backend's windowing (here: x Hann; Kaldi's in speechconv.features.kaldi), as float64
+    -> real DFT of n_fft samples (zero-padded) -> |X|^2 (or |X|), rounded to float32 -> @ mel (K, F) -> log(max(x, log_floor))
 
 Framings (``FeatureConfig.framing``; counts and positions in :mod:`speechconv.shapes`):
 
@@ -42,6 +42,17 @@ MIN_ROWS = 16
 ``(N, 257) @ (257, 80)`` rounds a row differently when ``N`` is below about 12 (another
 kernel runs), and the same for every ``N`` from 12 on; with at least 16 rows a frame's
 energies are the same bits alone, in any batch and in any chunk of a stream."""
+
+
+SPECTRUM_DTYPE = torch.float64
+"""dtype of the DFT's input and output and of the power spectrum.  A float32 DFT of a
+loud frame is off by about ``eps * ||frame||`` in every bin, which is 1e-3 to 1e-2 of
+the quietest mel bins of speech (the top of a band-limited recording, the lowest bins
+after Kaldi's DC removal and pre-emphasis): two float32 DFTs (torch's FFT, onnxruntime's
+DFT, a matrix product) differ there by up to 8e-3 in the log domain, and so do frames
+windowed with a window rounded to float32.  The frames are therefore windowed and
+transformed in float64 (an error of 1e-11 there), so every implementation of the same
+steps gives the same log-mel energies to float32 rounding."""
 
 
 def pad_for_framing(waveforms: torch.Tensor, lengths: torch.Tensor, config: FeatureConfig,
@@ -92,20 +103,35 @@ def frames_of(padded: torch.Tensor, num_frames: int, win_length: int, hop_length
 
 
 def hann_window(win_length: int) -> torch.Tensor:
-    """Periodic Hann window ``(win,)`` float32 (torch.stft's and librosa's ``"hann"``)."""
-    return torch.hann_window(win_length, periodic=True, dtype=torch.float64).float()
+    """Periodic Hann window ``(win,)`` float64 (torch.stft's and librosa's ``"hann"``):
+    the frames are windowed in float64, with no rounding of the window or the products
+    (:data:`SPECTRUM_DTYPE`)."""
+    return torch.hann_window(win_length, periodic=True, dtype=torch.float64)
 
 
 def mel_matrix(config: FeatureConfig) -> torch.Tensor:
-    """torchaudio's mel filterbank ``(n_fft//2 + 1, F)`` float32 for ``config``'s scale and norm."""
-    return AF.melscale_fbanks(
-        n_freqs=config.n_fft // 2 + 1, f_min=config.f_min, f_max=config.upper_hz, n_mels=config.n_mels,
-        sample_rate=config.sample_rate, norm=config.mel_norm, mel_scale=config.mel_scale,
-    ).float()
+    """torchaudio's mel filterbank ``(n_fft//2 + 1, F)`` for ``config``'s scale and norm,
+    evaluated in float64 and rounded to float32 once.
+
+    ``torchaudio.functional.melscale_fbanks`` evaluates its formula in the default dtype:
+    in float32 a weight near a triangle's edge is off by up to 0.7% of itself, which
+    moves the quiet bins' log energies by 1e-4 against librosa's filters (float64, then
+    rounded); evaluated in float64 the two agree to 1e-6 in the log domain."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # torchaudio's linspaces and arithmetic follow it
+    try:
+        mel = AF.melscale_fbanks(
+            n_freqs=config.n_fft // 2 + 1, f_min=config.f_min, f_max=config.upper_hz, n_mels=config.n_mels,
+            sample_rate=config.sample_rate, norm=config.mel_norm, mel_scale=config.mel_scale,
+        )
+    finally:
+        torch.set_default_dtype(previous)
+    assert mel.dtype == torch.float64, f"melscale_fbanks gave {mel.dtype}, expected float64"
+    return mel.float()
 
 
 def dft_basis(n_fft: int) -> torch.Tensor:
-    """``(n_fft, 2K)`` float32, ``K = n_fft//2 + 1``: the real DFT as a matrix, ``[cos | -sin]``.
+    """``(n_fft, 2K)`` float64, ``K = n_fft//2 + 1``: the real DFT as a matrix, ``[cos | -sin]``.
 
     ``frames @ basis`` gives the real and imaginary parts of ``torch.fft.rfft(frames)``
     (up to rounding) with a matrix product alone: a graph without an FFT operator, for
@@ -114,52 +140,45 @@ def dft_basis(n_fft: int) -> torch.Tensor:
     """
     k = torch.arange(n_fft // 2 + 1, dtype=torch.int64)
     n = torch.arange(n_fft, dtype=torch.int64)
-    angle = (n[:, None] * k[None, :]) % n_fft * (2 * torch.pi / n_fft)  # (n_fft, K)
-    return torch.cat([torch.cos(angle), -torch.sin(angle)], dim=1).float()
+    angle = ((n[:, None] * k[None, :]) % n_fft).double() * (2 * torch.pi / n_fft)  # (n_fft, K)
+    return torch.cat([torch.cos(angle), -torch.sin(angle)], dim=1)
 
 
-def fft_input(batch: int, num_frames: int, n_fft: int, offset: int, win_length: int,
-              like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero rows for the DFT, and the view of them where the windowed frames go.
-
-    Returns:
-        ``(rows (B*T + extra, n_fft), body (B, T, win))``: ``body`` is the window's
-        columns ``[offset, offset + win)`` of the first ``B*T`` rows (``offset``:
-        :func:`speechconv.shapes.window_lead`'s placement for ``center``, 0 for
-        ``kaldi``), which the backend's windowing writes (``out=``: 10% faster than
-        windowing then padding, measured on the torchaudio backend); ``extra`` zero rows
-        make at least :data:`MIN_ROWS`.
-    """
-    rows = batch * num_frames
-    extra = torch.sym_max(MIN_ROWS - rows, 0)
-    frames = like.new_zeros(rows + extra, n_fft)
-    return frames, frames[:rows, offset : offset + win_length].view(batch, num_frames, win_length)
-
-
-def log_mel(frames: torch.Tensor, rows: int, mel: torch.Tensor, power: float, log_floor: float,
+def log_mel(frames: torch.Tensor, n_fft: int, mel: torch.Tensor, power: float, log_floor: float,
             basis: torch.Tensor | None = None) -> torch.Tensor:
-    """Zero-padded windowed frames -> log mel energies.
+    """Windowed frames -> log mel energies.
+
+    The frames are zero-padded to ``n_fft`` at their end.  Where the window sits inside
+    the ``n_fft`` samples (torch.stft centres it for ``center`` framing) only turns each
+    DFT bin's phase, so the power spectrum is the same.  The spectrum and its power are
+    computed in float64 (:data:`SPECTRUM_DTYPE`), then rounded to float32 for the mel
+    product, which is given at least :data:`MIN_ROWS` rows (zero rows appended; not in a
+    graph traced for export, whose runtime picks its own kernels).
 
     Args:
-        frames: ``(R, n_fft)`` from :func:`fft_input`, ``R >= MIN_ROWS``.
-        rows: how many of them to return (``B*T``; the rest are zero rows).
+        frames: ``(R, win)`` float64, ``win <= n_fft``.
+        n_fft: DFT size.
         mel: ``(n_fft//2 + 1, F)`` filterbank.
         power: 2 (power spectrum) or 1 (magnitude).
         log_floor: ``log(max(x, log_floor))``.
         basis: ``None`` for ``torch.fft.rfft``, or :func:`dft_basis` for the DFT as a
-            matrix product.
+            matrix product (its first ``win`` rows).
 
     Returns:
-        ``(rows, F)`` natural-log mel energies.
+        ``(R, F)`` natural-log mel energies.
     """
-    K = frames.shape[1] // 2 + 1
+    rows, win = frames.shape
+    K = n_fft // 2 + 1
     if basis is None:
         # (R, K) complex -> (R, K, 2), squared in place
-        squares = torch.view_as_real(torch.fft.rfft(frames)).square_()
+        squares = torch.view_as_real(torch.fft.rfft(frames, n=n_fft)).square_()
         energy = squares[..., 0] + squares[..., 1]  # (R, K)
     else:
-        squares = (frames @ basis).square_()  # (R, 2K): real parts, then imaginary parts
+        squares = (frames @ basis[:win]).square_()  # (R, 2K): real parts, then imaginary parts
         energy = squares[:, :K] + squares[:, K:]
     if power == 1.0:
         energy = energy.sqrt_()
-    return (energy @ mel)[:rows].clamp_min_(log_floor).log_()  # (R, F) -> (rows, F)
+    energy = energy.to(mel.dtype)
+    if not torch.compiler.is_compiling() and rows < MIN_ROWS:  # eager: torch's kernel choice (a graph has its own)
+        energy = F.pad(energy, (0, 0, 0, MIN_ROWS - rows))  # (R, K) -> (MIN_ROWS, K)
+    return torch.log(torch.clamp_min((energy @ mel)[:rows], log_floor))  # (R', F) -> (R, F)

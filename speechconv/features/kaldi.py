@@ -9,11 +9,11 @@ feature-window.cc, and kaldi-native-fbank, which the tests compare against):
    The product is taken with the window in step 5: a power of two commutes exactly
    with steps 2-5, so the samples are never copied to be scaled.
 2. dither (off by default: ``dither=0`` keeps features deterministic),
-3. DC removal: subtract the frame's mean,
+3. DC removal: subtract the frame's mean (summed in float64, rounded to float32),
 4. pre-emphasis within the frame: ``x[i] -= 0.97 x[i-1]`` for ``i >= 1`` and
    ``x[0] -= 0.97 x[0]`` (Kaldi's rule for the first sample), each product rounded
    before its difference as Kaldi rounds them,
-5. window: ``povey`` = ``(0.5 - 0.5 cos(2 pi i / (N-1)))^0.85`` (or Kaldi's symmetric
+5. window (in float64: the DFT's input, :data:`speechconv.features.fbank.SPECTRUM_DTYPE`): ``povey`` = ``(0.5 - 0.5 cos(2 pi i / (N-1)))^0.85`` (or Kaldi's symmetric
    ``hann``/``hamming``),
 6. zero-pad to ``n_fft`` (Kaldi rounds 400 up to 512), real FFT, power spectrum,
 7. Kaldi's mel banks (:func:`kaldi_mel_banks`), then ``log(max(x, FLT_EPSILON))``.
@@ -39,8 +39,10 @@ INT16_SCALE = 32768.0
 
 
 def kaldi_window(name: str, win_length: int, int16_scale: bool = False) -> torch.Tensor:
-    """Kaldi's window functions ``(win,)`` float32 (computed in float64, as the formulas),
-    times :data:`INT16_SCALE` with ``int16_scale`` (step 1 of the module docstring)."""
+    """Kaldi's window functions ``(win,)`` float64, times :data:`INT16_SCALE` with
+    ``int16_scale`` (step 1 of the module docstring).  Float64, where Kaldi's are float32:
+    the product with it is the float64 frame the DFT takes
+    (:data:`speechconv.features.fbank.SPECTRUM_DTYPE`)."""
     i = torch.arange(win_length, dtype=torch.float64)
     a = 2 * math.pi / (win_length - 1)
     if name == "povey":
@@ -53,7 +55,7 @@ def kaldi_window(name: str, win_length: int, int16_scale: bool = False) -> torch
         raise ValueError(f"window {name!r} is invalid: expected one of ('povey', 'hann', 'hamming')")
     # A power of two: scaling commutes exactly with every step before the window.
     assert math.frexp(INT16_SCALE)[0] == 0.5, "the int16 scale must be a power of two"
-    return w.float() * (INT16_SCALE if int16_scale else 1.0)
+    return w * (INT16_SCALE if int16_scale else 1.0)
 
 
 def kaldi_mel(freq: torch.Tensor) -> torch.Tensor:
@@ -83,10 +85,12 @@ def kaldi_mel_banks(n_mels: int, n_fft: int, sample_rate: int, low_freq: float, 
 
 def kaldi_windowed(frames: torch.Tensor, window: torch.Tensor, preemphasis: float, remove_dc: bool,
                    out: torch.Tensor) -> torch.Tensor:
-    """Kaldi's steps 3-5 of every frame, in float32 and in Kaldi's order.
+    """Kaldi's steps 3-5 of every frame, in Kaldi's order: 3 and 4 in float32, the window
+    in float64.
 
     The products and differences are separate operations (no fused multiply-add), so
-    the rounding follows Kaldi's, and a frame gives the same bits wherever it stands.
+    the rounding follows Kaldi's up to the window, and a frame gives the same bits
+    wherever it stands.
 
     Args:
         frames: ``(B, T, win)`` samples (a strided view is fine).
@@ -94,13 +98,21 @@ def kaldi_windowed(frames: torch.Tensor, window: torch.Tensor, preemphasis: floa
         preemphasis: ``c`` of ``x[i] - c x[i-1]``.
         remove_dc: subtract each frame's mean first.
         out: ``(B, T, win)`` where the windowed frames are written
-            (:func:`speechconv.features.fbank.fft_input`'s view).
+            (float64: :func:`speechconv.features.fbank.log_mel` takes it).
 
     Returns:
         ``out``.
     """
-    x = frames - frames.mean(-1, keepdim=True) if remove_dc else frames  # (B, T, win)
+    if remove_dc:
+        # The mean summed in float64 and rounded once: a float32 sum's rounding depends on
+        # its order (torch's and onnxruntime's differ), and pre-emphasis turns a DC offset's
+        # last bit into 1e-3 of the lowest bins' energy.  Summed from a float64 copy in
+        # ``out`` (3x faster than summing the strided float32 frames with dtype=float64).
+        mean = out.copy_(frames).sum(-1, keepdim=True).div_(frames.shape[-1]).to(frames.dtype)  # (B, T, 1)
+        x = frames - mean  # (B, T, win)
+    else:
+        x = frames
     if preemphasis:
         previous = torch.cat([x[..., :1], x[..., :-1]], dim=-1)  # x[i-1], and x[0] at 0: a new (B, T, win)
         x = previous.mul_(-preemphasis).add_(x)  # -(c x[i-1]) + x[i] rounds as x[i] - c x[i-1]
-    return torch.mul(x, window, out=out)
+    return out.copy_(x).mul_(window)  # float32 -> float64, then the window

@@ -52,8 +52,8 @@ class LogMelDeltas(nn.Module):
             float32 rounding, in a graph without an FFT operator, for runtimes that have
             none (executorch's portable runtime).  It is slower; use it for such exports.
 
-    Buffers: ``window`` ``(win,)``, ``mel_matrix`` ``(n_fft//2 + 1, F)``, ``dft_basis``
-    ``(n_fft, n_fft + 2)`` with ``dft="matrix"``, and with ``normalization="global"``,
+    Buffers: ``window`` ``(win,)`` float64, ``mel_matrix`` ``(n_fft//2 + 1, F)``, ``dft_basis``
+    ``(n_fft, n_fft + 2)`` float64 with ``dft="matrix"``, and with ``normalization="global"``,
     ``global_mean`` and ``global_std`` ``(F, C)`` read from ``config.global_stats_path``.
 
     Exports with ``torch.export`` and ``torch.onnx.export(dynamo=True)`` with a dynamic

@@ -69,16 +69,17 @@ def static_log_mel(padded: torch.Tensor, num_frames: int, config: FeatureConfig,
 def _static_piece(padded: torch.Tensor, num_frames: int, config: FeatureConfig, window: torch.Tensor,
                   mel: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:
     """:func:`static_log_mel` of the first ``num_frames`` frames in one go."""
-    win, n_fft = config.win_length, config.n_fft
-    frames = fbank.frames_of(padded, num_frames, win, config.hop_length)  # (B, T, win)
+    frames = fbank.frames_of(padded, num_frames, config.win_length, config.hop_length)  # (B, T, win)
     B = frames.shape[0]
-    offset = (n_fft - win) // 2 if config.framing == "center" else 0  # torch.stft's window placement
-    rows, body = fbank.fft_input(B, num_frames, n_fft, offset, win, frames)  # (B*T + extra, n_fft), (B, T, win)
+    # Windowed in float64 for the DFT (fbank.SPECTRUM_DTYPE): copied, then multiplied in
+    # place (a float32 x float64 product into float64 takes 5x as long).
+    windowed = frames.new_empty(frames.shape, dtype=fbank.SPECTRUM_DTYPE)  # (B, T, win)
     if config.backend == "kaldi":
-        kaldi.kaldi_windowed(frames, window, config.preemphasis, config.remove_dc_offset, out=body)
+        kaldi.kaldi_windowed(frames, window, config.preemphasis, config.remove_dc_offset, out=windowed)
     else:
-        torch.mul(frames, window, out=body)
-    log_mel = fbank.log_mel(rows, B * num_frames, mel, config.power, config.log_floor, basis)  # (B*T, F)
+        windowed.copy_(frames).mul_(window)
+    rows = windowed.view(B * num_frames, config.win_length)  # (B, T, win) -> (B*T, win)
+    log_mel = fbank.log_mel(rows, config.n_fft, mel, config.power, config.log_floor, basis)  # (B*T, F)
     return log_mel.view(B, num_frames, mel.shape[1])  # (B*T, F) -> (B, T, F)
 
 
@@ -100,8 +101,7 @@ def features_from_statics(static: torch.Tensor, lengths: torch.Tensor, config: F
         want_dd = "delta_delta" in config.channels
         channels["delta"], channels["delta_delta"] = deltas.deltas(static, lengths, config.delta_window,
                                                                    config.order2, want_dd)
-    # Each channel is written into its strided slice: torch.stack(dim=-1) interleaves 5x slower.
-    features = static.new_empty(*static.shape, config.n_channels)  # (B, T, F, C)
+    normalised = []
     for c, name in enumerate(config.channels):
         x = channels[name]  # (B, T, F)
         if config.normalization == "utterance":
@@ -109,6 +109,13 @@ def features_from_statics(static: torch.Tensor, lengths: torch.Tensor, config: F
         elif config.normalization == "global":
             assert global_stats is not None, "normalization='global' needs the statistics"
             x = cmvn.global_cmvn(x, global_stats[0][:, c], global_stats[1][:, c])
+        normalised.append(x)
+    if torch.compiler.is_compiling():
+        # A traced graph stacks them (ONNX's Concat), where slice writes become scatters.
+        return torch.stack(normalised, dim=-1)  # C x (B, T, F) -> (B, T, F, C)
+    # Eager: each channel written into its strided slice; torch.stack(dim=-1) interleaves 5x slower.
+    features = static.new_empty(*static.shape, config.n_channels)  # (B, T, F, C)
+    for c, x in enumerate(normalised):
         features[..., c] = x
     return features
 

@@ -50,11 +50,12 @@ def run(cfg: Any, out_dir: str | Path) -> int:
 
 def main(cfg: Any, out_dir: str | Path) -> int:
     """:func:`run`, printing expected failures as one clean line on stderr instead of a
-    traceback: user errors (config, checkpoint, manifest, missing file, unwritable run
-    folder or full disk) exit with code 2, a training run stopped by a non-finite loss
+    traceback: user errors (config, checkpoint, manifest, a model export cannot represent,
+    missing file, unwritable run folder or full disk) exit with code 2, a training run stopped by a non-finite loss
     or gradient with code 1.  Everything it prints, and the traceback of an unexpected
     crash, is also kept in ``out_dir/train.log``."""
     from speechconv.data import ManifestError
+    from speechconv.export import ExportError
     from speechconv.training.checkpoint import CheckpointError
     from speechconv.training.nonfinite import NonFiniteError
     from speechconv.training.outputs import OutputError, RunFolderError
@@ -65,7 +66,7 @@ def main(cfg: Any, out_dir: str | Path) -> int:
         except RunFolderError as exc:
             say(f"error: {exc}", err=True, log=False)  # nothing goes into an unwritable folder
             return 2
-        except (ConfigError, CheckpointError, ManifestError, FileNotFoundError, OutputError) as exc:
+        except (ConfigError, CheckpointError, ManifestError, ExportError, FileNotFoundError, OutputError) as exc:
             say(f"error: {exc}", err=True)
             return 2
         except NonFiniteError as exc:

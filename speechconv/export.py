@@ -1,0 +1,333 @@
+"""Export from raw audio: the whole CTC recogniser (``waveforms, lengths -> log_probs,
+out_lengths``) or a front-end of your own (features + encoder: ``-> encoded,
+out_lengths``), to ONNX and to ``torch.export`` programs (``.pt2``), with any batch size
+and length.
+
+What is exported is the eval form of the eager modules: each conv's batch norm folded
+into it (:func:`speechconv.encoder.fold_batch_norms`), dropout gone, and each
+``nn.LSTM`` replaced by :class:`ScanLSTM`, the same recurrence written as torch's
+``scan`` (an ONNX ``Scan``), because ``torch.export`` of ``nn.LSTM`` fixes the number
+of frames to the example's.  The graph holds the feature stage too (the spectrum as
+:class:`speechconv.features.LogMelDeltas` computes it), so a client computes nothing
+itself: onnxruntime with the file alone gives the model's numbers
+(``examples/transcribe_onnx.py``).
+
+ONNX interface (:func:`export_recogniser`)::
+
+    inputs   waveforms (B, S) float32 in [-1, 1], lengths (B,) int64 valid samples
+    outputs  log_probs (B, T', V) float32, out_lengths (B,) int64
+    metadata_props  vocabulary (JSON list of the output symbols by id), blank (the CTC
+                    blank id), sample_rate (Hz of the waveforms)
+
+Graphs trust their lengths (``0 <= lengths <= S``) and take at least
+:func:`min_samples` samples per batch (the eager modules check both).  Settings a graph
+cannot represent are refused by :func:`check_exportable` with a :class:`ExportError`
+naming the setting.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch._higher_order_ops.scan import scan
+
+from speechconv import shapes
+from speechconv.atomic import atomic_path
+from speechconv.encoder import ConvEncoder, fold_batch_norms
+from speechconv.features import LogMelDeltas
+from speechconv.models.ctc import CTCModel
+from speechconv.text import CharVocabulary
+
+FORMATS = ("onnx", "pt2")
+INPUT_NAMES = ["waveforms", "lengths"]
+RECOGNISER_OUTPUTS = ["log_probs", "out_lengths"]
+FRONTEND_OUTPUTS = ["encoded", "out_lengths"]
+OPSET = 18
+"""ONNX opset of the exported files (onnxruntime 1.20 runs up to 21; DFT is in 17+)."""
+
+
+class ExportError(ValueError):
+    """A model or setting that an exported graph cannot represent; the message names it."""
+
+
+# ------------------------------------------------------------------------ the LSTM
+
+
+class ScanLSTM(nn.Module):
+    """One ``nn.LSTM`` layer (one direction, ``batch_first``) as a scan over frames.
+
+    The input's gates for every frame are one matrix product; the scan then carries
+    ``(h, c)`` through the frames in torch's gate order ``i, f, g, o``::
+
+        z = x_t W_ih^T + b_ih + b_hh + h W_hh^T
+        c' = s(f) c + s(i) tanh(g),   h' = s(o) tanh(c')
+
+    Same parameters and outputs as the ``nn.LSTM`` it wraps (tested equal within float
+    rounding), and ``torch.export`` keeps the number of frames dynamic: it becomes an
+    ONNX ``Scan``.
+
+    Shapes:
+        ``forward(x (B, T, D))`` -> ``(y (B, T, H), None)``, as ``nn.LSTM(x)``'s output
+        without its final state.
+    """
+
+    def __init__(self, lstm: nn.LSTM) -> None:
+        super().__init__()
+        if lstm.num_layers != 1 or lstm.bidirectional or not lstm.batch_first or not lstm.bias or lstm.proj_size:
+            raise ExportError(f"ScanLSTM takes a one-layer, one-direction batch_first LSTM with biases and no "
+                              f"projection, got {lstm}")
+        self.lstm = lstm
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        lstm = self.lstm
+        w_hh = lstm.weight_hh_l0  # (4H, H)
+        gates = nn.functional.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)  # (B, T, 4H)
+        h0, c0 = (x.new_zeros(x.shape[0], lstm.hidden_size) for _ in range(2))  # (B, H) each, not aliased
+
+        def step(carry: tuple[torch.Tensor, torch.Tensor], g: torch.Tensor):
+            h, c = carry  # (B, H) each
+            i, f, cell, o = (g + h @ w_hh.T).chunk(4, dim=-1)  # (B, 4H) -> 4 x (B, H)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(cell)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            return (h, c), h.clone()
+
+        _, ys = scan(step, (h0, c0), gates.transpose(0, 1))  # over (T, B, 4H) -> (T, B, H)
+        return ys.transpose(0, 1), None  # (T, B, H) -> (B, T, H)
+
+
+# ------------------------------------------------------------------ what is exported
+
+
+class Frontend(nn.Module):
+    """``waveforms (B, S), lengths (B,)`` -> ``encoded, out_lengths (B,)``: the feature
+    stage then an encoder taking ``(B, T, F, C)`` features and frame lengths."""
+
+    def __init__(self, features: LogMelDeltas, encoder: nn.Module) -> None:
+        super().__init__()
+        self.features, self.encoder = features, encoder
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, frames = self.features(waveforms, lengths)  # (B, T, F, C), (B,)
+        return self.encoder(feats, frames)
+
+
+class Recogniser(nn.Module):
+    """``waveforms (B, S), lengths (B,)`` -> ``log_probs (B, T', V), out_lengths (B,)``."""
+
+    def __init__(self, features: LogMelDeltas, model: CTCModel) -> None:
+        super().__init__()
+        self.features, self.model = features, model
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, frames = self.features(waveforms, lengths)  # (B, T, F, C), (B,)
+        return self.model.log_probs(feats, frames)
+
+
+def check_exportable(features: LogMelDeltas, model: nn.Module | None = None) -> None:
+    """Raise :class:`ExportError` naming the setting if the feature stage or the model
+    holds something an exported graph cannot represent.
+
+    Refused: ``features.dither > 0`` (random noise: no two runs agree, so the graph
+    cannot be checked against eager, and inference takes no dither); a model other than
+    :class:`speechconv.models.CTCModel` (``model.type=seq2seq``: its greedy decoder
+    stops per utterance on the end token, a loop whose length depends on values); an
+    encoder holding anything but :class:`speechconv.ConvEncoder` layers and
+    ``nn.LSTM``-based stacks (``encoder.type=weiss2017``: packed sequences and a Python
+    loop over frames).
+    """
+    cfg = features.config
+    if cfg.dither > 0:
+        raise ExportError(f"features.dither={cfg.dither} cannot be exported: dither is random noise, which no "
+                          f"exported graph can reproduce or be checked against; export with features.dither=0 "
+                          f"(inference runs without dither)")
+    if model is None:
+        return
+    if not isinstance(model, CTCModel):
+        raise ExportError(f"model {type(model).__name__} cannot be exported: only the CTC recogniser "
+                          f"(model.type=ctc) maps audio to log-probabilities in one graph; the seq2seq model's greedy "
+                          f"decoder stops on its end token, a loop whose length depends on the values. Export its "
+                          f"front-end with speechconv.export.export_frontend, or train model.type=ctc")
+    encoder = model.body.encoder
+    if not isinstance(encoder, ConvEncoder):
+        raise ExportError(f"encoder {type(encoder).__name__} cannot be exported (encoder.type=weiss2017: packed "
+                          f"sequences and a Python loop over frames fix the graph to one batch's lengths); export "
+                          f"models with encoder.type=conv")
+
+
+def eval_form(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` in eval mode with every :class:`ConvEncoder` in it folded
+    (:func:`speechconv.encoder.fold_batch_norms`) and every ``nn.LSTM`` a
+    :class:`ScanLSTM`; ``module`` is left as it is."""
+    module = copy.deepcopy(module).eval()
+    for name, child in list(module.named_children()):
+        if isinstance(child, ConvEncoder):
+            setattr(module, name, fold_batch_norms(child))
+        elif isinstance(child, nn.LSTM):
+            setattr(module, name, ScanLSTM(child))
+        else:
+            setattr(module, name, eval_form(child))
+    return module
+
+
+MIN_FRAMES = 3
+"""Fewest frames of the longest utterance of a batch that an exported graph takes:
+``torch.export`` specialises sizes 0 and 1, and tracing the conv encoder with its output
+as a graph output records a guard of three input frames."""
+
+
+def min_samples(features: LogMelDeltas, encoder_min_frames: int = 1) -> int:
+    """Fewest samples of the longest utterance of a batch that an exported graph takes:
+    :data:`MIN_FRAMES` and the encoder's minimum input, in samples
+    (:func:`speechconv.shapes.min_samples_for_frames`; 720 at the defaults, 45 ms)."""
+    cfg = features.config
+    frames = max(MIN_FRAMES, encoder_min_frames)
+    return shapes.min_samples_for_frames(frames, cfg.win_length, cfg.hop_length, cfg.framing)
+
+
+def _example(smallest: int, sample_rate: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inputs graphs are traced with: ``(3, S)`` noise, one utterance filling the batch,
+    two shorter ones (the sizes are not special cases of the program)."""
+    samples = max(sample_rate, 4 * smallest)
+    noise = torch.randn(3, samples, generator=torch.Generator().manual_seed(0)) * 0.1
+    return noise, torch.tensor([samples, samples * 2 // 3, smallest])
+
+
+def export_program(module: nn.Module, features: LogMelDeltas, encoder_min_frames: int = 1) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``module`` (:class:`Frontend` or :class:`Recogniser`, already in
+    eval form) with a dynamic batch size and length.
+
+    Traced with size-oblivious shape reasoning and deferred runtime asserts, as
+    :func:`speechconv.encoder.export_program` is."""
+    smallest = min_samples(features, encoder_min_frames)
+    waveforms, lengths = _example(smallest, features.config.sample_rate)
+    batch = torch.export.Dim("batch", min=1)
+    samples = torch.export.Dim("samples", min=smallest)
+    dynamic = {"waveforms": {0: batch, 1: samples}, "lengths": {0: batch}}
+    with torch.no_grad(), torch.fx.experimental._config.patch(backed_size_oblivious=True):
+        return torch.export.export(module, (waveforms, lengths), dynamic_shapes=dynamic,
+                                   prefer_deferred_runtime_asserts_over_guards=True)
+
+
+def save_pt2(program: torch.export.ExportedProgram, path: str | os.PathLike) -> Path:
+    """Write ``program`` with ``torch.export.save``, atomically; ``torch.export.load`` reads it."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.export.save(program, tmp)
+    return path
+
+
+def save_onnx(program: torch.export.ExportedProgram, path: str | os.PathLike, output_names: list[str],
+              metadata: dict[str, str]) -> Path:
+    """Convert ``program`` to ONNX (inputs :data:`INPUT_NAMES`, outputs ``output_names``,
+    ``metadata`` as ``metadata_props``) and write it atomically."""
+    import onnx
+
+    onnx_program = torch.onnx.export(program, dynamo=True, input_names=INPUT_NAMES, output_names=output_names,
+                                     opset_version=OPSET, verbose=False)
+    proto = onnx_program.model_proto
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+    return path
+
+
+def check_format(fmt: str) -> None:
+    """Raise :class:`ExportError` unless ``fmt`` is one of :data:`FORMATS`."""
+    if fmt not in FORMATS:
+        raise ExportError(f"export.format={fmt!r} is invalid: expected one of {FORMATS} (onnx for onnxruntime, "
+                          f"pt2 for torch.export.load)")
+
+
+def recogniser_program(model: CTCModel, features: LogMelDeltas,
+                       vocab: CharVocabulary) -> tuple[torch.export.ExportedProgram, dict[str, str]]:
+    """``torch.export`` of the whole recogniser's eval form, and its ONNX metadata.
+
+    Args:
+        model: a trained :class:`speechconv.models.CTCModel` (left as it is).
+        features: the feature stage it was trained on.
+        vocab: its vocabulary (metadata ``vocabulary`` and ``blank``).
+
+    Returns:
+        ``(program, metadata)``: the program maps ``waveforms (B, S), lengths (B,)`` to
+        ``log_probs (B, T', V), out_lengths (B,)`` (module docstring).
+    """
+    check_exportable(features, model)
+    if model.out.out_features != len(vocab) or model.blank_id != vocab.blank_id:
+        raise ExportError(f"the model's {model.out.out_features} outputs (blank {model.blank_id}) do not fit the "
+                          f"vocabulary of {len(vocab)} symbols (blank {vocab.blank_id}); pass the model's own "
+                          f"vocabulary")
+    module = Recogniser(eval_form(features), eval_form(model))
+    program = export_program(module, features, model.body.encoder.min_input_frames)
+    metadata = {"vocabulary": json.dumps(vocabulary_symbols(vocab), ensure_ascii=False),
+                "blank": str(vocab.blank_id), "sample_rate": str(features.config.sample_rate)}
+    return program, metadata
+
+
+def frontend_program(features: LogMelDeltas, encoder: nn.Module,
+                     min_input_frames: int | None = None) -> torch.export.ExportedProgram:
+    """``torch.export`` of a front-end of your own: the feature stage then ``encoder``.
+
+    Args:
+        features: the feature stage, ``(B, S)`` -> ``(B, T, F, C)``.
+        encoder: any module mapping ``(B, T, F, C)`` features and ``(B,)`` frame lengths
+            to ``(encoded (B, T', D), out_lengths (B,))`` that ``torch.export`` traces with
+            dynamic sizes (no Python branch on values); a :class:`speechconv.ConvEncoder`
+            in it is folded and an ``nn.LSTM`` child becomes a :class:`ScanLSTM`
+            (:func:`eval_form`).
+        min_input_frames: the encoder's fewest input frames (default: its
+            ``min_input_frames`` attribute, else 1).
+
+    Returns:
+        The program: ``waveforms (B, S), lengths (B,)`` -> ``encoded, out_lengths (B,)``.
+    """
+    check_exportable(features)
+    if min_input_frames is None:
+        min_input_frames = int(getattr(encoder, "min_input_frames", 1))
+    return export_program(Frontend(eval_form(features), eval_form(encoder)), features, min_input_frames)
+
+
+def export_recogniser(model: CTCModel, features: LogMelDeltas, vocab: CharVocabulary, path: str | os.PathLike,
+                      fmt: str = "onnx") -> Path:
+    """Write the whole recogniser, raw audio to log-probabilities (:func:`recogniser_program`),
+    to ``path`` as ``fmt`` (``onnx`` with its metadata, or ``pt2``); returns ``path``."""
+    check_format(fmt)
+    program, metadata = recogniser_program(model, features, vocab)
+    if fmt == "pt2":
+        return save_pt2(program, path)
+    return save_onnx(program, path, RECOGNISER_OUTPUTS, metadata)
+
+
+def export_frontend(features: LogMelDeltas, encoder: nn.Module, path: str | os.PathLike, fmt: str = "onnx",
+                    min_input_frames: int | None = None) -> Path:
+    """Write a front-end of your own, raw audio to encoder output (:func:`frontend_program`),
+    to ``path`` as ``fmt``; the ONNX outputs are ``encoded`` and ``out_lengths``, its
+    metadata ``sample_rate``.  Returns ``path``."""
+    check_format(fmt)
+    program = frontend_program(features, encoder, min_input_frames)
+    if fmt == "pt2":
+        return save_pt2(program, path)
+    return save_onnx(program, path, FRONTEND_OUTPUTS, {"sample_rate": str(features.config.sample_rate)})
+
+
+def vocabulary_symbols(vocab: CharVocabulary) -> list[str]:
+    """The output symbols by id, as the ONNX metadata's ``vocabulary`` lists them."""
+    return list(vocab.tokens)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """``vocabulary`` (list), ``blank`` (int) and ``sample_rate`` (int) of an exported ONNX file."""
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    out: dict[str, Any] = {"sample_rate": int(props["sample_rate"])}
+    if "vocabulary" in props:
+        out["vocabulary"], out["blank"] = json.loads(props["vocabulary"]), int(props["blank"])
+    return out
