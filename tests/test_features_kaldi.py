@@ -28,24 +28,24 @@ from speechconv.features import LogMelDeltas, kaldi
 from tests.conftest import SPEECH_CLIPS
 
 BOUNDS = {  # clip: (max, p99.9) of |ours - kaldi-native-fbank|; measured: the comment
-    "198-209-0000.ogg": (2e-3, 2e-4),  # 9.3e-4, 7.8e-5
-    "arctic_a0007.wav": (2e-4, 8e-5),  # 8.6e-5, 3.7e-5
-    "english_8k.wav": (4e-3, 9e-4),  # 1.5e-3, 4.4e-4
-    "french.aiff": (3e-4, 8e-5),  # 1.3e-4, 3.7e-5
-    "jfk.flac": (1e-2, 2e-3),  # 4.7e-3, 7.0e-4
+    "198-209-0000.ogg": (1.2e-3, 1.6e-4),  # 5.5e-4, 7.5e-5
+    "arctic_a0007.wav": (2e-4, 8e-5),  # 1.1e-4, 3.6e-5
+    "english_8k.wav": (2.2e-3, 9e-4),  # 1.1e-3, 4.1e-4
+    "french.aiff": (3e-4, 8e-5),  # 1.4e-4, 3.6e-5
+    "jfk.flac": (1e-2, 2e-3),  # 5.0e-3, 6.6e-4
     "no_1000ms.wav": (2e-4, 8e-5),  # 7.6e-5, 3.9e-5
     "noise_1000ms.wav": (2e-4, 7e-5),  # 9.9e-5, 3.2e-5
-    "yes_1000ms.wav": (2e-3, 5e-4),  # 5.9e-4, 2.1e-4
+    "yes_1000ms.wav": (2e-3, 5e-4),  # 9.8e-4, 2.8e-4
 }
 LOOSEST = (max(b[0] for b in BOUNDS.values()), max(b[1] for b in BOUNDS.values()))
 
 NOISE_LIMITED = "silence_1000ms.wav"
 NOISE_NOTE = """Digital near-silence (int16 values -7..7): after pre-emphasis the low bins hold
 ~1e-5 of the frame's energy, where float32 FFT rounding dominates.  Measured there
-against a float64 evaluation of the same formula (numpy, complex128 FFT):
-kaldi-native-fbank itself is off by 1.3e-2 max / 1.9e-3 at the 99.9th percentile, ours
-by 9.0e-3 / 2.5e-3, and torchaudio.compliance.kaldi differs from kaldi-native-fbank by
-1.5e-2 / 2.1e-3 (ours: 1.5e-2 / 2.2e-3).  The reference cannot meet even the loosest
+against a float64 evaluation of the same formula (torchaudio.compliance.kaldi on float64
+input): kaldi-native-fbank, whose FFT is float32, is off by 1.3e-2 max / 1.9e-3 at the
+99.9th percentile, ours (float64 spectrum) by 8.3e-4 / 4.8e-4; ours against
+kaldi-native-fbank: 1.2e-2 / 1.7e-3.  The reference cannot meet even the loosest
 clean-clip bound there, so that case is a strict xfail; its resolvable cells are held
 to a tight bound below."""
 

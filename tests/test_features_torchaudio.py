@@ -20,15 +20,17 @@ from speechconv.features import LogMelDeltas, fbank
 from tests.conftest import SPEECH_CLIPS
 
 BOUNDS = {  # clip: (log-mel max, log-mel p99.9, delta max) of |ours - librosa|; measured: the comment
-    "198-209-0000.ogg": (9e-4, 9e-5, 2e-4),  # 4.3e-4, 4.2e-5, 8.2e-5
-    "arctic_a0007.wav": (4e-4, 2e-4, 8e-5),  # 1.6e-4, 5.2e-5, 3.6e-5
-    "english_8k.wav": (3e-3, 2e-3, 9e-4),  # 1.4e-3, 5.6e-4, 4.0e-4
-    "french.aiff": (5e-4, 2e-4, 2e-4),  # 2.4e-4, 8.2e-5, 6.6e-5
-    "jfk.flac": (5e-3, 2e-3, 2e-3),  # 2.3e-3, 5.7e-4, 6.4e-4
-    "no_1000ms.wav": (9e-4, 3e-4, 3e-4),  # 4.5e-4, 1.4e-4, 1.3e-4
-    "noise_1000ms.wav": (5e-5, 4e-5, 2e-5),  # 2.5e-5, 1.7e-5, 6.7e-6
-    "silence_1000ms.wav": (6e-5, 4e-5, 1e-5),  # 2.6e-5, 1.5e-5, 4.7e-6
-    "yes_1000ms.wav": (8e-4, 3e-4, 2e-4),  # 3.6e-4, 1.2e-4, 8.6e-5
+    # The spectrum is computed in float64 on both sides, so what is left is the float32
+    # rounding of the output: one unit in the last place of log-mels of magnitude 8-16.
+    "198-209-0000.ogg": (2e-6, 2e-6, 1e-6),  # 9.5e-7, 9.5e-7, 4.8e-7
+    "arctic_a0007.wav": (2e-6, 2e-6, 1e-6),  # 9.5e-7, 9.5e-7, 4.8e-7
+    "english_8k.wav": (2e-6, 2e-6, 1e-6),  # 9.5e-7, 9.5e-7, 4.8e-7
+    "french.aiff": (2e-6, 2e-6, 1e-6),  # 9.5e-7, 9.5e-7, 4.8e-7
+    "jfk.flac": (2e-6, 2e-6, 1e-6),  # 9.5e-7, 9.5e-7, 4.8e-7
+    "no_1000ms.wav": (2e-6, 2e-6, 1e-6),  # 9.5e-7, 9.5e-7, 4.8e-7
+    "noise_1000ms.wav": (1e-6, 1e-6, 4e-7),  # 4.8e-7, 4.8e-7, 1.9e-7
+    "silence_1000ms.wav": (2e-6, 2e-6, 6e-7),  # 9.5e-7, 9.5e-7, 3.0e-7
+    "yes_1000ms.wav": (2e-6, 2e-6, 1e-6),  # 9.5e-7, 9.5e-7, 4.8e-7
 }
 
 
