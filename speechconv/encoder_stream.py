@@ -42,6 +42,20 @@ if TYPE_CHECKING:
     from speechconv.encoder import ConvLayer
 
 
+def _frames_at(x: torch.Tensor, source: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Each stream's frames of ``x`` ``(B, C, T, F)`` at positions ``source`` ``(B, T')``
+    where ``valid`` ``(B, T')`` bool, zero elsewhere (NaN in ``x`` included) ->
+    ``(B, C, T', F)`` laid out by :func:`speechconv.masking.conv_layout`.  One gather of
+    whole frames (``F * C`` values each)."""
+    B, C, T, F = x.shape
+    if T == 0:
+        return masking.conv_layout(x.new_zeros(B, source.shape[1], F, C))
+    rows = x.permute(0, 2, 3, 1).reshape(B * T, F * C)  # (B, C, T, F) -> (B * T, F * C)
+    flat = (source.clamp(0, T - 1) + torch.arange(B, device=x.device)[:, None] * T).reshape(-1)  # (B * T',)
+    out = torch.where(valid.reshape(-1, 1), rows.index_select(0, flat), 0.0)  # (B * T', F * C)
+    return masking.conv_layout(out.view(B, source.shape[1], F, C))  # -> (B, T', F, C) -> (B, C, T', F)
+
+
 class LayerStream:
     """One layer of a stream: how the input frames its later windows still read are kept.
 
@@ -85,9 +99,12 @@ class LayerStream:
         layer, k, s = self.layer, self.kernel, self.stride
         total = count + counts + torch.where(final & started, self.after, 0)  # (B,) frames from the cache's first
         span = self.held + x.shape[2] + self.after  # the most frames a stream can have: a static size
-        zeros = torch.zeros_like(count)
-        frames = masking.pad_per_utterance(cache, count.clamp(min=0), zeros, span) \
-            + masking.pad_per_utterance(x, counts, count, span)  # (B, C, span, F)
+        # Position p holds cached frame p (p < count) or new frame p - count (a negative count
+        # skips frames), zero past the stream's frames (the `after` zeros included).
+        p = torch.arange(span, device=x.device)[None, :]  # (1, span)
+        new = p - count[:, None]  # (B, span) frame of x at position p
+        frames = _frames_at(torch.cat([cache, x], dim=2), torch.where(new < 0, p, new + self.held),
+                            new < counts[:, None])  # (B, C, H + t, F) -> (B, C, span, F)
         windows = torch.where(started & (total >= k), torch.div(total - k, s, rounding_mode="floor") + 1, 0)
         out_time = shapes.conv_out_length(span, k, s, "valid")
         if out_time > 0:
@@ -98,7 +115,8 @@ class LayerStream:
         # Keep the frames from the next window's first on (at most H of them); final streams
         # start over from `before` zeros (the cache is zero wherever no frame is kept).
         keep = torch.where(final, 0, total - windows * s)
-        cache = masking.pad_per_utterance(frames, total.clamp(min=0), keep - total, self.held)  # (B, C, H, F)
+        q = torch.arange(self.held, device=x.device)[None, :]  # (1, H)
+        cache = _frames_at(frames, (total - keep)[:, None] + q, q < keep[:, None])  # (B, C, H, F)
         return y, windows, cache, torch.where(final, self.before, keep)
 
 
@@ -201,7 +219,7 @@ class BatchedEncoderStream:
                     f"stream {b} ends after {int(self.received[b] + counts[b])} frames, but this encoder needs at "
                     f"least {self.min_input_frames} frames; feed more frames, or set encoder.too_short=pad"
                 )
-            # the zeros after (step_state zeroes whatever lies past the old counts)
+            # the zeros after (whatever lies past the old counts zeroed)
             frames = torch.where(shapes.make_pad_mask(counts, frames.shape[1])[:, :, None, None], frames, 0.0)
             counts = torch.where(short, self.min_input_frames - self.received, counts)
             frames = nn.functional.pad(frames, (0, 0, 0, 0, 0, max(int(counts.max()) - frames.shape[1], 0)))
@@ -226,8 +244,6 @@ class BatchedEncoderStream:
         """
         received = state[0] + counts
         started = received > 0
-        # Zeros past each stream's count, whatever the chunk holds there (the caches read them as * 0).
-        frames = torch.where(shapes.make_pad_mask(counts, frames.shape[1])[:, :, None, None], frames, 0.0)
         x = masking.conv_layout(frames.contiguous())  # (B, t, F, C) -> (B, C, t, F)
         following = [torch.where(final, 0, received)]
         for i, layer in enumerate(self.layers):
