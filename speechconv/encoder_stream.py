@@ -199,8 +199,7 @@ class BatchedEncoderStream:
 
         Returns:
             ``(B, t', F', C')`` (or ``(B, t', D)``) and ``(B,)`` counts of new output frames
-            (stream ``b``'s are the first ``counts[b]``; ``t'`` is every frame the chunk's
-            size can give, :meth:`step_state`).
+            (stream ``b``'s are the first ``counts[b]``; ``t'`` is the largest count).
         """
         if frames.dim() != 4 or frames.shape[0] != self.batch or frames.shape[2:] != (self.input_freq,
                                                                                       self.input_channels):
@@ -225,7 +224,7 @@ class BatchedEncoderStream:
             frames = nn.functional.pad(frames, (0, 0, 0, 0, 0, max(int(counts.max()) - frames.shape[1], 0)))
         y, out_counts, self.state = self.step_state(self.state, frames, counts, final)
         self.emitted = torch.where(final, 0, self.emitted + out_counts)
-        return y, out_counts
+        return y[:, : int(out_counts.max())], out_counts  # (B, t', ...) cut to the largest count
 
     def step_state(self, state: tuple[torch.Tensor, ...], frames: torch.Tensor, counts: torch.Tensor,
                    final: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
