@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from speechconv.encoder import ConvEncoder, fold_batch_norms
+from speechconv.encoder import ConvEncoder
 from speechconv.features.module import LogMelDeltas
 from speechconv.features.stream import FeatureState
 
@@ -78,8 +78,9 @@ class FrontEndStep(nn.Module):
     def __init__(self, features: LogMelDeltas, encoder: ConvEncoder) -> None:
         super().__init__()
         self.features = FeatureStep(features)
-        self.encoder = encoder  # registered: its parameters are the graph's weights
         self.encoder_stream = encoder.streaming(batch=1)
+        # registered: the stream's (folded) layers' parameters are the graph's weights
+        self.encoder_layers = nn.ModuleList([layer.layer for layer in self.encoder_stream.layers])
 
     def state_names(self) -> list[str]:
         """A name for each state tensor, in order."""
@@ -123,11 +124,11 @@ def export_feature_step(features: LogMelDeltas, path: str | Path, chunk_samples:
 
 def export_front_end_step(features: LogMelDeltas, encoder: ConvEncoder, path: str | Path, chunk_samples: int,
                           batch: int = 1) -> Path:
-    """Write the ONNX graph of :class:`FrontEndStep` (the encoder's eval form, batch norms
-    folded: :func:`speechconv.encoder.fold_batch_norms`) for chunks ``(batch,
+    """Write the ONNX graph of :class:`FrontEndStep` (whose encoder stream runs the eval
+    form, batch norms folded: :func:`speechconv.encoder.fold_batch_norms`) for chunks ``(batch,
     chunk_samples)``; inputs ``chunk``, ``lengths``, ``final`` and the state
     (:meth:`FrontEndStep.state_names`), outputs ``encoded``, ``counts`` and the next state
     (``next_`` + its name)."""
     _check_chunk(chunk_samples)
-    step = FrontEndStep(features, fold_batch_norms(encoder)).eval()
+    step = FrontEndStep(features, encoder).eval()
     return _export(step, step.state_names(), "encoded", path, chunk_samples, batch)
