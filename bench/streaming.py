@@ -54,8 +54,7 @@ TARGET_BATCHED = 0.5
 
 def state_bytes(stream: BatchedFrontEndStream) -> int:
     """Bytes of every tensor a front-end stream holds from chunk to chunk, per stream."""
-    tensors = list(stream.features.state) + [stream.encoder.received, stream.encoder.emitted]
-    tensors += [t for layer in stream.encoder.layers for t in (layer.cache, layer.count)]
+    tensors = list(stream.features.state) + list(stream.encoder.state) + [stream.encoder.emitted]
     return sum(t.numel() * t.element_size() for t in tensors) // stream.batch
 
 

@@ -5,14 +5,20 @@ A layer whose time padding has fixed alignment (``valid``, ``causal`` or an int 
 the same zeros before every utterance) computes output ``j`` from frames
 ``j*s .. j*s + k - 1`` of its input with ``before`` zeros in front and, at the end of
 the utterance, ``after`` zeros behind (:func:`speechconv.shapes.padding_amounts`).
-Its stream (:class:`LayerStream`) holds those frames, the zeros in front included:
-each chunk's frames are appended, every window that is complete goes through the
-layer's own :meth:`speechconv.encoder.ConvLayer.transform` (the offline conv, norm
-and activation) at once, and the frames no later window reads are dropped.  No input
-frame is fed twice; the frames kept are the ``k - s`` or so that the next window shares
-with the last.  At the end the ``after`` zeros are appended and the last windows
-computed.  A stack streams layer by layer, each layer's new frames the next one's
-input, so the frames that come out are the offline ones, in the same number.
+Its stream (:class:`LayerStream`) keeps, in a cache of fixed size
+(``max(k - 1, before)`` frames), the input frames that later windows still read, the
+zeros in front included: each chunk's frames are appended, every window that is
+complete goes through the layer's own :meth:`speechconv.encoder.ConvLayer.transform`
+(the offline conv, norm and activation) at once, and the frames no later window reads
+are dropped.  No input frame is fed twice; the frames kept are the ``k - s`` or so that
+the next window shares with the last.  At the end the ``after`` zeros are appended and
+the last windows computed.  A stack streams layer by layer, each layer's new frames the
+next one's input, so the frames that come out are the offline ones, in the same number.
+
+The state is a tuple of tensors and every shape a step makes depends on the shapes of
+its inputs alone (each layer computes every window its buffer can hold and masks those
+not complete), so the same step runs eagerly and in an exported graph
+(:class:`speechconv.streaming.step.FrontEndStep`).
 
 TF SAME cannot stream: its padding before depends on the whole utterance's length
 (:meth:`speechconv.ConvEncoder.streaming` says so and what to use).
@@ -36,61 +42,82 @@ if TYPE_CHECKING:
     from speechconv.encoder import ConvLayer
 
 
+def _frames_at(x: torch.Tensor, source: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Each stream's frames of ``x`` ``(B, C, T, F)`` at positions ``source`` ``(B, T')``
+    where ``valid`` ``(B, T')`` bool, zero elsewhere (NaN in ``x`` included) ->
+    ``(B, C, T', F)`` laid out by :func:`speechconv.masking.conv_layout`.  One gather of
+    whole frames (``F * C`` values each)."""
+    B, C, T, F = x.shape
+    if T == 0:
+        return masking.conv_layout(x.new_zeros(B, source.shape[1], F, C))
+    rows = x.permute(0, 2, 3, 1).reshape(B * T, F * C)  # (B, C, T, F) -> (B * T, F * C)
+    flat = (source.clamp(0, T - 1) + torch.arange(B, device=x.device)[:, None] * T).reshape(-1)  # (B * T',)
+    out = torch.where(valid.reshape(-1, 1), rows.index_select(0, flat), 0.0)  # (B * T', F * C)
+    return masking.conv_layout(out.view(B, source.shape[1], F, C))  # -> (B, T', F, C) -> (B, C, T', F)
+
+
 class LayerStream:
-    """One layer's state over ``B`` streams: the input frames later windows still read.
+    """One layer of a stream: how the input frames its later windows still read are kept.
+
+    The state of ``B`` streams is ``(cache, count)``: ``cache`` ``(B, C, H, F)`` holds
+    each stream's frames from the next window's first on, ``count[b]`` of them (a
+    negative count: that many frames still to skip, when the stride is longer than the
+    kernel), zero past them; ``H = max(k - 1, before)`` frames, the most a stream keeps
+    (after a window at least ``k - s`` and at most ``k - 1``; before the first ``before``
+    zeros and then fewer than ``k`` frames).  Every shape depends on the input's shape
+    alone, never on the counts, so one step runs eager and traced (ONNX) alike.
 
     Shapes:
-        ``step(x, counts, started, final)``: ``x`` ``(B, C, t, F)`` of which stream ``b``
-        has ``counts[b]`` frames; ``started`` ``(B,)`` bool, the streams that have had a
-        frame of features (windows of padding alone come out once a stream has started:
-        every layer of an utterance the encoder accepts gets frames); ``final`` ``(B,)``
-        bool, the streams whose utterance ends with this chunk -> ``(B, C', t', F')`` new
-        output frames and their ``(B,)`` counts.
+        ``step(cache, count, x, counts, started, final)``: ``x`` ``(B, C, t, F)`` of which
+        stream ``b`` has ``counts[b]`` frames; ``started`` ``(B,)`` bool, the streams that
+        have had a frame of features (windows of padding alone come out once a stream has
+        started: every layer of an utterance the encoder accepts gets frames); ``final``
+        ``(B,)`` bool, the streams whose utterance ends with this chunk -> ``(B, C', t',
+        F')`` output frames (``t' = (H + t + after - k) // s + 1``: every window the buffer
+        can hold), their ``(B,)`` counts, and the next ``(cache, count)``.
     """
 
-    def __init__(self, layer: ConvLayer, batch: int, in_channels: int, device: torch.device,
-                 dtype: torch.dtype) -> None:
+    def __init__(self, layer: ConvLayer, in_channels: int) -> None:
         g = layer.time
         assert g.padding != "same", "SAME padding cannot stream; ConvEncoder.streaming() checks it"
-        self.layer, self.kernel, self.stride = layer, g.kernel, g.stride
+        self.layer, self.kernel, self.stride, self.in_channels = layer, g.kernel, g.stride, in_channels
         self.before, self.after = shapes.padding_amounts(1, g.kernel, g.stride, g.padding)
-        # (B, C, T, F): each stream's cached frames from frame 0, `count` of them
-        # (a negative count: that many frames to skip before the next window)
-        self.cache = torch.zeros(batch, in_channels, self.before, layer.in_freq, device=device, dtype=dtype)
-        self.count = torch.full((batch,), self.before, dtype=torch.int64, device=device)
+        self.held = max(g.kernel - 1, self.before)
 
-    def step(self, x: torch.Tensor, counts: torch.Tensor, started: torch.Tensor,
-             final: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def initial_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cache (B, C, H, F), count (B,))`` of streams at their start: ``before`` zeros."""
+        cache = masking.conv_layout(torch.zeros(batch, self.held, self.layer.in_freq, self.in_channels, device=device,
+                                                dtype=dtype))  # (B, H, F, C) -> (B, C, H, F)
+        return cache, torch.full((batch,), self.before, dtype=torch.int64, device=device)
+
+    def step(self, cache: torch.Tensor, count: torch.Tensor, x: torch.Tensor, counts: torch.Tensor,
+             started: torch.Tensor, final: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Append each stream's new frames (and, for ``final`` streams, the zeros behind),
         compute every complete window, keep what later windows read; final streams start
-        over.  ``(B, C, t, F)``, ``(B,)``, ``(B,)``, ``(B,)`` -> ``(B, C', t', F')``, ``(B,)``."""
-        layer = self.layer
-        # A negative count is a number of frames still to skip (a stride longer than the kernel).
-        total = self.count + counts + torch.where(final & started, self.after, 0)
-        span = max(int(total.max()), 0)
-        zeros = torch.zeros_like(self.count)
-        cache = masking.pad_per_utterance(self.cache, self.count.clamp(min=0), zeros, span)  # (B, C, span, F)
-        frames = cache + masking.pad_per_utterance(x, counts, self.count, span)
-        windows = torch.where(started & (total >= self.kernel),
-                              torch.div(total - self.kernel, self.stride, rounding_mode="floor") + 1, 0)
-        out_time = int(windows.max())
+        over.  ``(B, C, H, F)``, ``(B,)``, ``(B, C, t, F)``, ``(B,)``, ``(B,)``, ``(B,)`` ->
+        ``(B, C', t', F')``, ``(B,)``, ``(B, C, H, F)``, ``(B,)``."""
+        layer, k, s = self.layer, self.kernel, self.stride
+        total = count + counts + torch.where(final & started, self.after, 0)  # (B,) frames from the cache's first
+        span = self.held + x.shape[2] + self.after  # the most frames a stream can have: a static size
+        # Position p holds cached frame p (p < count) or new frame p - count (a negative count
+        # skips frames), zero past the stream's frames (the `after` zeros included).
+        p = torch.arange(span, device=x.device)[None, :]  # (1, span)
+        new = p - count[:, None]  # (B, span) frame of x at position p
+        frames = _frames_at(torch.cat([cache, x], dim=2), torch.where(new < 0, p, new + self.held),
+                            new < counts[:, None])  # (B, C, H + t, F) -> (B, C, span, F)
+        windows = torch.where(started & (total >= k), torch.div(total - k, s, rounding_mode="floor") + 1, 0)
+        out_time = shapes.conv_out_length(span, k, s, "valid")
         if out_time > 0:
-            used = shapes.conv_input_span(out_time, self.kernel, self.stride)
-            y = layer.transform(frames[:, :, :used], shapes.make_pad_mask(windows, out_time))  # (B, C', t', F')
+            y = layer.transform(frames[:, :, : shapes.conv_input_span(out_time, k, s)],
+                                shapes.make_pad_mask(windows, out_time))  # (B, C', t', F'), zero past `windows`
         else:
             y = frames.new_zeros(frames.shape[0], layer.out_channels, 0, layer.out_freq)
-        # Keep the frames from the next window's first on; final streams start over from
-        # `before` zeros (the cache is zero wherever no frame is kept).
-        keep = torch.where(final, 0, total - windows * self.stride)
-        self.cache = masking.pad_per_utterance(frames, total.clamp(min=0), keep - total,
-                                               max(int(keep.max()), self.before))
-        self.count = torch.where(final, self.before, keep)
-        return y, windows
-
-    def reset(self, which: torch.Tensor) -> None:
-        """Streams ``which`` (``(B,)`` bool) back at their start: ``before`` zero frames."""
-        self.cache = torch.where(which[:, None, None, None], 0.0, self.cache)  # (B,) -> (B, 1, 1, 1)
-        self.count = torch.where(which, self.before, self.count)
+        # Keep the frames from the next window's first on (at most H of them); final streams
+        # start over from `before` zeros (the cache is zero wherever no frame is kept).
+        keep = torch.where(final, 0, total - windows * s)
+        q = torch.arange(self.held, device=x.device)[None, :]  # (1, H)
+        cache = _frames_at(frames, (total - keep)[:, None] + q, q < keep[:, None])  # (B, C, H, F)
+        return y, windows, cache, torch.where(final, self.before, keep)
 
 
 class BatchedEncoderStream:
@@ -98,7 +125,10 @@ class BatchedEncoderStream:
 
     Built by ``ConvEncoder.streaming(batch=B)``.  Attributes: ``look_ahead``, the input
     frames past an output frame's own position that it reads
-    (:func:`speechconv.shapes.look_ahead`, exact with fixed alignment); ``subsampling``.
+    (:func:`speechconv.shapes.look_ahead`, exact with fixed alignment); ``subsampling``;
+    ``state``, the streams' tensors (:meth:`initial_state`), which :meth:`step_state`
+    maps to the next state with shapes that depend on the input's shape alone (what an
+    exported step, :mod:`speechconv.streaming.step`, runs).
 
     Shapes:
         ``accept(frames, counts)``: ``frames`` ``(B, t, F, C)``, of which stream ``b``'s
@@ -111,19 +141,36 @@ class BatchedEncoderStream:
 
     def __init__(self, layers: list[ConvLayer], input_freq: int, input_channels: int, batch: int,
                  min_input_frames: int, too_short: str, flatten: bool) -> None:
-        param = layers[0].conv.weight
         channels = [input_channels] + [layer.out_channels for layer in layers[:-1]]
         self.batch, self.input_freq, self.input_channels = batch, input_freq, input_channels
-        self.layers = [LayerStream(layer, batch, c, param.device, param.dtype)
-                       for layer, c in zip(layers, channels, strict=True)]
+        self.layers = [LayerStream(layer, c) for layer, c in zip(layers, channels, strict=True)]
         self.min_input_frames, self.too_short, self.flatten = min_input_frames, too_short, flatten
         geometries = [layer.time for layer in layers]
         self.look_ahead = shapes.look_ahead(geometries)
         self.subsampling = shapes.subsampling(geometries)
         self._reach = shapes.receptive_field(geometries) - sum(
             s.before * shapes.subsampling(geometries[:i]) for i, s in enumerate(self.layers))
-        self.received = torch.zeros(batch, dtype=torch.int64, device=param.device)
+        self.state = self.initial_state(batch)
         self.emitted = torch.zeros_like(self.received)
+
+    def initial_state(self, batch: int) -> tuple[torch.Tensor, ...]:
+        """The state of ``batch`` streams before their first frame: ``received`` ``(B,)``
+        int64 (input frames since the utterance began), then each layer's ``cache``
+        ``(B, C, H, F)`` and ``count`` ``(B,)`` (:class:`LayerStream`)."""
+        param = self.layers[0].layer.conv.weight
+        state = [torch.zeros(batch, dtype=torch.int64, device=param.device)]
+        for layer in self.layers:
+            state.extend(layer.initial_state(batch, param.device, param.dtype))
+        return tuple(state)
+
+    def state_names(self) -> list[str]:
+        """A name for each tensor of the state, in order."""
+        return ["received"] + [f"{n}_{i}" for i in range(len(self.layers)) for n in ("cache", "count")]
+
+    @property
+    def received(self) -> torch.Tensor:
+        """``(B,)`` input frames each stream has accepted since it (re)started."""
+        return self.state[0]
 
     def accept(self, frames: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, t, F, C)``, ``(B,)`` -> ``(B, t', F', C')`` (or ``(B, t', D)``), ``(B,)``."""
@@ -133,7 +180,7 @@ class BatchedEncoderStream:
         """The last frames of the streams in ``which`` (``(B,)`` bool, None: all), which
         start over (:meth:`step` with no new frames)."""
         final = torch.ones(self.batch, dtype=torch.bool) if which is None else which.to(torch.bool).cpu()
-        empty = torch.zeros(self.batch, 0, self.input_freq, self.input_channels, dtype=self.layers[0].cache.dtype,
+        empty = torch.zeros(self.batch, 0, self.input_freq, self.input_channels, dtype=self.state[1].dtype,
                             device=self.received.device)
         return self.step(empty, torch.zeros(self.batch, dtype=torch.int64), final)
 
@@ -151,7 +198,8 @@ class BatchedEncoderStream:
                 zero-padded to it under ``"pad"``, as offline.
 
         Returns:
-            ``(B, t', F', C')`` (or ``(B, t', D)``) and ``(B,)`` counts of new output frames.
+            ``(B, t', F', C')`` (or ``(B, t', D)``) and ``(B,)`` counts of new output frames
+            (stream ``b``'s are the first ``counts[b]``; ``t'`` is the largest count).
         """
         if frames.dim() != 4 or frames.shape[0] != self.batch or frames.shape[2:] != (self.input_freq,
                                                                                       self.input_channels):
@@ -162,8 +210,6 @@ class BatchedEncoderStream:
             raise ValueError(f"encoder stream expected ({self.batch},) frame counts in [0, {frames.shape[1]}], "
                              f"got {counts.tolist()}")
         final = final.to(device=self.received.device, dtype=torch.bool)
-        # Zeros past each stream's count, whatever the chunk holds there (the caches read them as * 0).
-        frames = torch.where(shapes.make_pad_mask(counts, frames.shape[1])[:, :, None, None], frames, 0.0)
         short = final & (self.received + counts < self.min_input_frames)
         if bool(short.any()):
             b = int(torch.nonzero(short)[0])
@@ -172,17 +218,48 @@ class BatchedEncoderStream:
                     f"stream {b} ends after {int(self.received[b] + counts[b])} frames, but this encoder needs at "
                     f"least {self.min_input_frames} frames; feed more frames, or set encoder.too_short=pad"
                 )
-            counts = torch.where(short, self.min_input_frames - self.received, counts)  # the zeros after
+            # the zeros after (whatever lies past the old counts zeroed)
+            frames = torch.where(shapes.make_pad_mask(counts, frames.shape[1])[:, :, None, None], frames, 0.0)
+            counts = torch.where(short, self.min_input_frames - self.received, counts)
             frames = nn.functional.pad(frames, (0, 0, 0, 0, 0, max(int(counts.max()) - frames.shape[1], 0)))
-        return self._step(frames, counts, final)
+        y, out_counts, self.state = self.step_state(self.state, frames, counts, final)
+        self.emitted = torch.where(final, 0, self.emitted + out_counts)
+        return y[:, : int(out_counts.max())], out_counts  # (B, t', ...) cut to the largest count
+
+    def step_state(self, state: tuple[torch.Tensor, ...], frames: torch.Tensor, counts: torch.Tensor,
+                   final: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+        """:meth:`step` on an explicit state, unchecked: tensor ops only, every shape fixed
+        by the shapes of ``state`` and ``frames``.  A traced step trusts that every stream
+        that ends has at least ``min_input_frames`` frames in all.
+
+        Args:
+            state: :meth:`initial_state`'s tensors.
+            frames: ``(B, t, F, C)``, stream ``b``'s the first ``counts[b]`` (``(B,)`` int64,
+                in ``[0, t]``); ``final``: ``(B,)`` bool.
+
+        Returns:
+            ``(B, t', F', C')`` (or ``(B, t', D)``), ``(B,)`` counts of new output frames,
+            and the next state (the ``final`` streams back at their start).
+        """
+        received = state[0] + counts
+        started = received > 0
+        x = masking.conv_layout(frames.contiguous())  # (B, t, F, C) -> (B, C, t, F)
+        following = [torch.where(final, 0, received)]
+        for i, layer in enumerate(self.layers):
+            x, counts, cache, count = layer.step(state[1 + 2 * i], state[2 + 2 * i], x, counts, started, final)
+            following += [cache, count]
+        y = x.permute(0, 2, 3, 1)  # (B, C', t', F') -> (B, t', F', C')
+        if self.flatten:
+            y = y.flatten(2)  # (B, t', F', C') -> (B, t', F' * C')
+        return y, counts, tuple(following)
 
     def reset(self, which: torch.Tensor | None = None) -> None:
         """Drop the streams in ``which`` (``(B,)`` bool, None: all) without output; they start over."""
         which = torch.ones(self.batch, dtype=torch.bool) if which is None else which.to(torch.bool)
         which = which.to(self.received.device)
-        for layer in self.layers:
-            layer.reset(which)
-        self.received = torch.where(which, 0, self.received)
+        fresh = self.initial_state(self.batch)
+        self.state = tuple(torch.where(which.view(-1, *[1] * (new.dim() - 1)), new, old)  # (B,) -> (B, 1, ...)
+                           for new, old in zip(fresh, self.state, strict=True))
         self.emitted = torch.where(which, 0, self.emitted)
 
     def held_back(self) -> torch.Tensor:
@@ -191,22 +268,6 @@ class BatchedEncoderStream:
         last_read = (self.emitted - 1) * self.subsampling + self._reach - 1  # last input frame of the last output
         read = torch.where(self.emitted > 0, (last_read + 1).clamp(min=0), 0).minimum(self.received)
         return self.received - read
-
-    def _step(self, frames: torch.Tensor, counts: torch.Tensor,
-              final: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`step` on checked input, zero past ``counts``."""
-        self.received += counts
-        started = self.received > 0
-        x = masking.conv_layout(frames)  # (B, t, F, C) -> (B, C, t, F)
-        for layer in self.layers:
-            x, counts = layer.step(x, counts, started, final)
-        self.emitted += counts
-        self.received = torch.where(final, 0, self.received)
-        self.emitted = torch.where(final, 0, self.emitted)
-        y = x.permute(0, 2, 3, 1)  # (B, C', t', F') -> (B, t', F', C')
-        if self.flatten:
-            y = y.flatten(2)  # (B, t', F', C') -> (B, t', F' * C')
-        return y, counts
 
 
 class EncoderStream:

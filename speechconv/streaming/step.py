@@ -1,22 +1,23 @@
-"""The feature stream's step as a module with explicit tensor state, for export.
+"""The streams' steps as modules with explicit tensor state, for export.
 
 :meth:`speechconv.features.stream.FeatureStream.step` maps ``(state, chunk)`` to
-``(frames, state)`` with tensor operations only; :class:`FeatureStep` wraps it as an
-``nn.Module`` whose state travels as inputs and outputs, so that a runtime without
-Python (onnxruntime) streams with the same code::
+``(frames, state)`` with tensor operations only, and so does
+:meth:`speechconv.encoder_stream.BatchedEncoderStream.step_state` for the conv encoder
+(a fixed-size cache per layer); every shape they make depends on the shapes of their
+inputs alone.  :class:`FeatureStep` wraps the first and :class:`FrontEndStep` chains
+both as an ``nn.Module`` whose state travels as inputs and outputs, so that a runtime
+without Python (onnxruntime) streams with the same code::
 
-    step = FeatureStep(LogMelDeltas())
+    step = FrontEndStep(LogMelDeltas(), ConvEncoder().eval())
     state = step.initial_state(batch=1)
-    frames, counts, *state = step(chunk, lengths, final, *state)   # every chunk (B, S)
+    encoded, counts, *state = step(chunk, lengths, final, *state)   # every chunk (B, S)
 
-Exported (:func:`export_feature_step`) at a fixed chunk size ``S``, the graph's frame
-buffer takes the static bound :func:`speechconv.shapes.batch_bound` gives (the most
-frames ``S`` samples can finish); stream ``b``'s new frames are the first ``counts[b]``.
-A stream ends with a call whose ``final[b]`` is true (its ``lengths[b]`` may be 0).
-
-Only the feature stage exports this way: the conv encoder's stream
-(:mod:`speechconv.encoder_stream`) sizes its buffers from the values of its counts on
-the host, which a traced graph cannot do.
+Exported (:func:`export_feature_step`, :func:`export_front_end_step`) at a fixed chunk
+size ``S``, the graph's frame buffers take the static bound
+:func:`speechconv.shapes.batch_bound` gives (the most frames ``S`` samples can finish)
+and the encoder's the most windows its caches and those frames can hold; stream ``b``'s
+new frames are the first ``counts[b]``.  A stream ends with a call whose ``final[b]``
+is true (its ``lengths[b]`` may be 0) and starts over in the state returned.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from speechconv.encoder import ConvEncoder
 from speechconv.features.module import LogMelDeltas
 from speechconv.features.stream import FeatureState
 
 STATE_NAMES = tuple(FeatureState._fields)
-"""The state tensors, in the order :class:`FeatureStep` takes and returns them."""
+"""The feature state tensors, in the order :class:`FeatureStep` takes and returns them."""
 
 
 class FeatureStep(nn.Module):
@@ -57,17 +59,76 @@ class FeatureStep(nn.Module):
         return (frames, counts, *following)
 
 
+class FrontEndStep(nn.Module):
+    """One step of ``B`` front-end streams: features then the conv encoder (module docstring).
+
+    Args:
+        features: the feature stage (settings that stream).
+        encoder: an eval-mode :class:`speechconv.ConvEncoder` with fixed alignment along
+            time (``ConvEncoder.streaming`` raises otherwise, saying what to use).
+
+    Shapes:
+        ``forward(chunk (B, S) float, lengths (B,) int64, final (B,) bool, *state)`` ->
+        ``(encoded (B, t', F', C') or (B, t', D), counts (B,) int64, *new_state)``; the
+        state is the feature state (:data:`STATE_NAMES`) then the encoder's
+        (:meth:`state_names`).  A traced step trusts that every stream that ends has at
+        least the encoder's minimum input in feature frames (the eager streams check it).
+    """
+
+    def __init__(self, features: LogMelDeltas, encoder: ConvEncoder) -> None:
+        super().__init__()
+        self.features = FeatureStep(features)
+        self.encoder_stream = encoder.streaming(batch=1)
+        # registered: the stream's (folded) layers' parameters are the graph's weights
+        self.encoder_layers = nn.ModuleList([layer.layer for layer in self.encoder_stream.layers])
+
+    def state_names(self) -> list[str]:
+        """A name for each state tensor, in order."""
+        return list(STATE_NAMES) + [f"encoder_{n}" for n in self.encoder_stream.state_names()]
+
+    def initial_state(self, batch: int) -> tuple[torch.Tensor, ...]:
+        """The state of ``batch`` streams before their first sample."""
+        return self.features.initial_state(batch) + self.encoder_stream.initial_state(batch)
+
+    def forward(self, chunk: torch.Tensor, lengths: torch.Tensor, final: torch.Tensor,
+                *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n = len(STATE_NAMES)
+        frames, counts, *feature_state = self.features(chunk, lengths, final, *state[:n])  # (B, E, F, C), (B,)
+        encoded, out_counts, encoder_state = self.encoder_stream.step_state(state[n:], frames, counts, final)
+        return (encoded, out_counts, *feature_state, *encoder_state)
+
+
+def _check_chunk(chunk_samples: int) -> None:
+    if isinstance(chunk_samples, bool) or not isinstance(chunk_samples, int) or chunk_samples < 1:
+        raise ValueError(f"chunk_samples={chunk_samples!r} is invalid: expected an int >= 1")
+
+
+def _export(step: FeatureStep | FrontEndStep, names: list[str], first_output: str, path: str | Path,
+            chunk_samples: int, batch: int) -> Path:
+    """Write the ONNX graph of ``step`` for chunks ``(batch, chunk_samples)``."""
+    example = (torch.zeros(batch, chunk_samples), torch.full((batch,), chunk_samples, dtype=torch.int64),
+               torch.zeros(batch, dtype=torch.bool), *step.initial_state(batch))
+    path = Path(path)
+    torch.onnx.export(step, example, str(path), dynamo=True, input_names=["chunk", "lengths", "final", *names],
+                      output_names=[first_output, "counts", *(f"next_{n}" for n in names)])
+    return path
+
+
 def export_feature_step(features: LogMelDeltas, path: str | Path, chunk_samples: int, batch: int = 1) -> Path:
     """Write the ONNX graph of :class:`FeatureStep` for chunks ``(batch, chunk_samples)``;
     inputs ``chunk``, ``lengths``, ``final`` and the state (:data:`STATE_NAMES`), outputs
     ``frames``, ``counts`` and the next state (``next_`` + its name)."""
-    if isinstance(chunk_samples, bool) or not isinstance(chunk_samples, int) or chunk_samples < 1:
-        raise ValueError(f"chunk_samples={chunk_samples!r} is invalid: expected an int >= 1")
-    step = FeatureStep(features).eval()
-    example = (torch.zeros(batch, chunk_samples), torch.full((batch,), chunk_samples, dtype=torch.int64),
-               torch.zeros(batch, dtype=torch.bool), *step.initial_state(batch))
-    path = Path(path)
-    torch.onnx.export(step, example, str(path), dynamo=True,
-                      input_names=["chunk", "lengths", "final", *STATE_NAMES],
-                      output_names=["frames", "counts", *(f"next_{n}" for n in STATE_NAMES)])
-    return path
+    _check_chunk(chunk_samples)
+    return _export(FeatureStep(features).eval(), list(STATE_NAMES), "frames", path, chunk_samples, batch)
+
+
+def export_front_end_step(features: LogMelDeltas, encoder: ConvEncoder, path: str | Path, chunk_samples: int,
+                          batch: int = 1) -> Path:
+    """Write the ONNX graph of :class:`FrontEndStep` (whose encoder stream runs the eval
+    form, batch norms folded: :func:`speechconv.encoder.fold_batch_norms`) for chunks ``(batch,
+    chunk_samples)``; inputs ``chunk``, ``lengths``, ``final`` and the state
+    (:meth:`FrontEndStep.state_names`), outputs ``encoded``, ``counts`` and the next state
+    (``next_`` + its name)."""
+    _check_chunk(chunk_samples)
+    step = FrontEndStep(features, encoder).eval()
+    return _export(step, step.state_names(), "encoded", path, chunk_samples, batch)
