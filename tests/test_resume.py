@@ -1,6 +1,7 @@
 """A run killed (SIGKILL) or stopped with Ctrl-C (SIGINT) and resumed with ``trainer.resume=true``
 ends bit for bit where an uninterrupted run with the same seed ends (CPU, one thread), with
-every perturbation (speed, reverberation, noise, gain, warping) and SpecAugment on.
+every perturbation (speed, reverberation, noise, gain, warping), SpecAugment and the random
+composition (edge pauses, levels, synthetic voices) on.
 
 Each interrupted run is a real ``python train.py`` subprocess in its own session; the
 signal goes to the whole session (DataLoader workers included), as a terminal's does.
@@ -56,6 +57,9 @@ def test_the_compared_runs_have_every_augmentation_on(fsdd):
     assert len(on.speeds) > 1 and on.reverb_prob > 0 and on.noise_prob > 0 and on.vtlp > 0
     assert on.gain_db[1] > on.gain_db[0] and {"clip", "white"} <= set(on.noise_kinds)
     assert data.spec_augment.freq_masks > 0 and data.spec_augment.time_masks > 0
+    # the composition's own draws too: edge pauses, levels, synthetic voices
+    assert 0 < data.edge_pause_prob < 1 and data.edge_silence_ms[1] > 0 and data.gap_ms[1] > 0
+    assert data.level_db is not None and data.level_db[1] > data.level_db[0] and data.synthetic_voices
 
 
 def assert_resumed_equals_reference(out, reference):
