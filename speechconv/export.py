@@ -223,13 +223,13 @@ def save_pt2(program: torch.export.ExportedProgram, path: str | os.PathLike) -> 
 
 
 def save_onnx(program: torch.export.ExportedProgram, path: str | os.PathLike, output_names: list[str],
-              metadata: dict[str, str]) -> Path:
-    """Convert ``program`` to ONNX (inputs :data:`INPUT_NAMES`, outputs ``output_names``,
-    ``metadata`` as ``metadata_props``) and write it atomically."""
+              metadata: dict[str, str], input_names: list[str] | None = None) -> Path:
+    """Convert ``program`` to ONNX (inputs ``input_names``, by default :data:`INPUT_NAMES`;
+    outputs ``output_names``; ``metadata`` as ``metadata_props``) and write it atomically."""
     import onnx
 
-    onnx_program = torch.onnx.export(program, dynamo=True, input_names=INPUT_NAMES, output_names=output_names,
-                                     opset_version=OPSET, verbose=False)
+    onnx_program = torch.onnx.export(program, dynamo=True, input_names=input_names or INPUT_NAMES,
+                                     output_names=output_names, opset_version=OPSET, verbose=False)
     proto = onnx_program.model_proto
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value)

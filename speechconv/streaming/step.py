@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from speechconv.encoder import ConvEncoder
+from speechconv.export import save_onnx
 from speechconv.features.module import LogMelDeltas
 from speechconv.features.stream import FeatureState
 
@@ -105,13 +106,12 @@ def _check_chunk(chunk_samples: int) -> None:
 
 def _export(step: FeatureStep | FrontEndStep, names: list[str], first_output: str, path: str | Path,
             chunk_samples: int, batch: int) -> Path:
-    """Write the ONNX graph of ``step`` for chunks ``(batch, chunk_samples)``."""
+    """Write the ONNX graph of ``step`` for chunks ``(batch, chunk_samples)`` (atomically, in
+    the opset of :func:`speechconv.export.save_onnx`)."""
     example = (torch.zeros(batch, chunk_samples), torch.full((batch,), chunk_samples, dtype=torch.int64),
                torch.zeros(batch, dtype=torch.bool), *step.initial_state(batch))
-    path = Path(path)
-    torch.onnx.export(step, example, str(path), dynamo=True, input_names=["chunk", "lengths", "final", *names],
-                      output_names=[first_output, "counts", *(f"next_{n}" for n in names)])
-    return path
+    return save_onnx(torch.export.export(step, example), path, [first_output, "counts", *(f"next_{n}" for n in names)],
+                     {}, input_names=["chunk", "lengths", "final", *names])
 
 
 def export_feature_step(features: LogMelDeltas, path: str | Path, chunk_samples: int, batch: int = 1) -> Path:
