@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -57,9 +59,6 @@ def compose(overrides: list[str] | None = None, config_dir: str | Path = CONFIG_
     """The config ``python train.py OVERRIDES`` would run, composed without running anything
     (Hydra's compose API; for tests and notebooks).  Returns an OmegaConf ``DictConfig``;
     pass it to :func:`speechconv.config.validate` or :func:`speechconv.training.run`."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
     with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None):
         return hydra_compose("config", overrides=list(overrides or []))
 
