@@ -148,7 +148,8 @@ def log_mel(frames: torch.Tensor, n_fft: int, mel: torch.Tensor, power: float, l
             basis: torch.Tensor | None = None) -> torch.Tensor:
     """Windowed frames -> log mel energies.
 
-    The frames are zero-padded to ``n_fft`` at their end.  Where the window sits inside
+    The frames are zero-padded to ``n_fft`` at their end (by the DFT; frames already
+    ``n_fft`` wide are taken as they are).  Where the window sits inside
     the ``n_fft`` samples (torch.stft centres it for ``center`` framing) only turns each
     DFT bin's phase, so the power spectrum is the same.  The spectrum and its power are
     computed in float64 (:data:`SPECTRUM_DTYPE`), then rounded to float32 for the mel
@@ -156,25 +157,26 @@ def log_mel(frames: torch.Tensor, n_fft: int, mel: torch.Tensor, power: float, l
     graph traced for export, whose runtime picks its own kernels).
 
     Args:
-        frames: ``(R, win)`` float64, ``win <= n_fft``.
+        frames: ``(R, width)`` float64, ``width <= n_fft``: windowed frames, possibly
+            followed by zeros.
         n_fft: DFT size.
         mel: ``(n_fft//2 + 1, F)`` filterbank.
         power: 2 (power spectrum) or 1 (magnitude).
         log_floor: ``log(max(x, log_floor))``.
         basis: ``None`` for ``torch.fft.rfft``, or :func:`dft_basis` for the DFT as a
-            matrix product (its first ``win`` rows).
+            matrix product (its first ``width`` rows).
 
     Returns:
         ``(R, F)`` natural-log mel energies.
     """
-    rows, win = frames.shape
+    rows, width = frames.shape
     K = n_fft // 2 + 1
     if basis is None:
         # (R, K) complex -> (R, K, 2), squared in place
         squares = torch.view_as_real(torch.fft.rfft(frames, n=n_fft)).square_()
         energy = squares[..., 0] + squares[..., 1]  # (R, K)
     else:
-        squares = (frames @ basis[:win]).square_()  # (R, 2K): real parts, then imaginary parts
+        squares = (frames @ basis[:width]).square_()  # (R, 2K): real parts, then imaginary parts
         energy = squares[:, :K] + squares[:, K:]
     if power == 1.0:
         energy = energy.sqrt_()

@@ -31,7 +31,7 @@ from speechconv import shapes
 from speechconv.feature_config import FeatureConfig
 from speechconv.features import cmvn, deltas, fbank, kaldi
 
-PIECE_FRAMES = 1024
+PIECE_FRAMES = 512
 """Frames (over the whole batch) whose statics are computed at once: each piece's
 temporaries then stay within a few MB, which the allocator reuses and the cache holds,
 where whole-batch ones are mapped, page-faulted and freed on every call.  Measured
@@ -69,16 +69,24 @@ def static_log_mel(padded: torch.Tensor, num_frames: int, config: FeatureConfig,
 def _static_piece(padded: torch.Tensor, num_frames: int, config: FeatureConfig, window: torch.Tensor,
                   mel: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:
     """:func:`static_log_mel` of the first ``num_frames`` frames in one go."""
-    frames = fbank.frames_of(padded, num_frames, config.win_length, config.hop_length)  # (B, T, win)
+    win = config.win_length
+    frames = fbank.frames_of(padded, num_frames, win, config.hop_length)  # (B, T, win)
     B = frames.shape[0]
-    # Windowed in float64 for the DFT (fbank.SPECTRUM_DTYPE): copied, then multiplied in
-    # place (a float32 x float64 product into float64 takes 5x as long).
-    windowed = frames.new_empty(frames.shape, dtype=fbank.SPECTRUM_DTYPE)  # (B, T, win)
+    # The DFT's input, float64 (fbank.SPECTRUM_DTYPE): eager writes each windowed frame
+    # into the first win samples of an n_fft-wide row whose tail is zeroed once, so the
+    # DFT pads nothing (1.6-2.2x the speed of padding inside torch.fft.rfft, with the
+    # 512-frame pieces); a traced graph leaves the zero padding to its DFT operator.
+    width = win if torch.compiler.is_compiling() else config.n_fft
+    dft_in = frames.new_empty((B, num_frames, width), dtype=fbank.SPECTRUM_DTYPE)  # (B, T, n_fft or win)
+    if width > win:
+        dft_in[..., win:].zero_()
+    windowed = dft_in[..., :win]  # (B, T, win), written in place
     if config.backend == "kaldi":
         kaldi.kaldi_windowed(frames, window, config.preemphasis, config.remove_dc_offset, out=windowed)
     else:
+        # copied, then multiplied in place (a float32 x float64 product into float64 takes 5x as long)
         windowed.copy_(frames).mul_(window)
-    rows = windowed.view(B * num_frames, config.win_length)  # (B, T, win) -> (B*T, win)
+    rows = dft_in.view(B * num_frames, width)  # (B, T, width) -> (B*T, width)
     log_mel = fbank.log_mel(rows, config.n_fft, mel, config.power, config.log_floor, basis)  # (B*T, F)
     return log_mel.view(B, num_frames, mel.shape[1])  # (B*T, F) -> (B, T, F)
 
