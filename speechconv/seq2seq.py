@@ -305,3 +305,5 @@ class Seq2Seq(nn.Module):
             if bool(done.all()):
                 break
         return out
+
+    decode = greedy_decode  # the transcripts trained models print: greedy (no lexicon search for seq2seq)

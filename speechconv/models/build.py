@@ -27,13 +27,14 @@ def build_model(model: ModelConfig, encoder: EncoderSettings, features: FeatureC
     """The ``ctc`` or ``seq2seq`` model, both on ``encoder`` -> projection -> LSTM layers
     (:class:`RecurrentEncoder`, sized by ``model.projection``, ``hidden``,
     ``lstm_layers``, ``bidirectional``, ``dropout``); both have ``forward(features, lengths, targets,
-    target_lengths) -> loss`` and ``greedy_decode(features, lengths, max_len) -> ids``."""
+    target_lengths) -> loss``, ``greedy_decode(features, lengths, max_len) -> ids`` and
+    ``decode(...)``, the transcripts (for ``ctc``: through ``model.lexicon`` when it names words)."""
     enc = build_encoder(encoder, features)
     if model.type == "ctc":
         from speechconv.models.ctc import CTCModel
 
         return CTCModel(enc, len(vocab), vocab.blank_id, model.projection, model.hidden, model.lstm_layers,
-                        model.dropout, model.bidirectional)
+                        model.dropout, model.bidirectional, model.decoder(vocab))
     assert model.type == "seq2seq", f"unknown model.type {model.type!r} passed validation"
     from speechconv.models.recurrent import RecurrentEncoder
     from speechconv.seq2seq import Seq2Seq

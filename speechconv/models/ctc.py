@@ -1,9 +1,11 @@
-"""CTC model: encoder (flattened) -> projection -> LSTM layers -> linear -> CTC, greedy decoding.
+"""CTC model: encoder (flattened) -> projection -> LSTM layers -> linear -> CTC; greedy or
+lexicon-constrained decoding.
 
 The encoder is any speechconv encoder returning ``(B, T', D)`` (or ``(B, T', F', C')``,
 flattened) with exact ``out_lengths``, under the :class:`RecurrentEncoder` stack; CTC
 reads those lengths, so padded frames never enter the loss.  The interface matches :class:`speechconv.seq2seq.Seq2Seq`:
-``forward(...) -> loss`` and ``greedy_decode(...) -> ids``, so one training loop serves both.
+``forward(...) -> loss``, ``greedy_decode(...) -> ids`` and ``decode(...) -> ids``, so one
+training loop serves both.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speechconv.models.lexicon import LexiconDecoder
 from speechconv.models.recurrent import RecurrentEncoder
 
 
@@ -37,6 +40,7 @@ class CTCModel(nn.Module):
         lstm_layers: LSTM layers.
         dropout: dropout before the LSTMs and before the output layer.
         bidirectional: LSTMs that read both ways (else forward only: it streams).
+        lexicon: decode to words of this lexicon (:class:`LexiconDecoder`); ``None``: greedy.
 
     Shapes:
         ``log_probs(features (B, T, F, C), lengths (B,))`` -> ``((B, T', V), (B,))``.
@@ -44,7 +48,9 @@ class CTCModel(nn.Module):
         CTC summed per utterance, divided by its target length, averaged over the batch
         (``reduction="mean"``), ``zero_infinity=True`` so an utterance too short for its
         transcript gives no gradient instead of ``inf``.
-        ``greedy_decode(features, lengths)`` -> ``B`` lists of ids.
+        ``greedy_decode(features, lengths)`` -> ``B`` lists of ids: the frame-wise best path.
+        ``decode(features, lengths)`` -> ``B`` lists of ids: the transcripts
+        (:meth:`transcript_ids` of each row).
     """
 
     def __init__(
@@ -57,12 +63,14 @@ class CTCModel(nn.Module):
         lstm_layers: int = 1,
         dropout: float = 0.1,
         bidirectional: bool = True,
+        lexicon: LexiconDecoder | None = None,
     ) -> None:
         super().__init__()
         if not 0 <= blank_id < vocab_size:
             raise ValueError(f"CTCModel blank_id={blank_id} is invalid: expected an id in [0, {vocab_size})")
         self.body = RecurrentEncoder(encoder, projection, hidden, lstm_layers, dropout, bidirectional)
         self.blank_id = blank_id
+        self.lexicon = lexicon
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(self.body.output_dim, vocab_size)
 
@@ -86,5 +94,19 @@ class CTCModel(nn.Module):
         """Best path per frame, repeats merged and blanks dropped (``max_len`` is unused: CTC
         emits at most one id per output frame)."""
         log_probs, out_lengths = self.log_probs(features, lengths)
-        best = log_probs.argmax(dim=-1).tolist()  # (B, T')
-        return [ctc_collapse(path[:n], self.blank_id) for path, n in zip(best, out_lengths.tolist(), strict=True)]
+        return [self.greedy_ids(row, n) for row, n in zip(log_probs, out_lengths.tolist(), strict=True)]
+
+    def greedy_ids(self, log_probs: torch.Tensor, length: int) -> list[int]:
+        """One utterance's ``log_probs (T', V)`` (``length`` valid frames) -> the greedy read-out."""
+        return ctc_collapse(log_probs[:length].argmax(dim=-1).tolist(), self.blank_id)
+
+    def transcript_ids(self, log_probs: torch.Tensor, length: int) -> list[int]:
+        """One utterance's ``log_probs (T', V)`` (``length`` valid frames) -> transcript ids:
+        the lexicon's best word sequence when the model has a lexicon, else the greedy path."""
+        return self.greedy_ids(log_probs, length) if self.lexicon is None else self.lexicon(log_probs, length)
+
+    @torch.no_grad()
+    def decode(self, features: torch.Tensor, lengths: torch.Tensor, max_len: int | None = None) -> list[list[int]]:
+        """Transcript ids of a batch (:meth:`transcript_ids`; ``max_len`` is unused)."""
+        log_probs, out_lengths = self.log_probs(features, lengths)
+        return [self.transcript_ids(row, n) for row, n in zip(log_probs, out_lengths.tolist(), strict=True)]

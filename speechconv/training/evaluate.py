@@ -21,34 +21,43 @@ from speechconv.training.runlog import say
 
 @dataclass
 class EvalResult:
-    """Corpus WER and CER (rates in [0, inf)), mean loss per batch, and per-utterance rows."""
+    """Corpus WER and CER (rates in [0, inf)), mean loss per batch, and per-utterance rows;
+    for a CTC model that decodes through a lexicon, also the WER of the greedy read-out of
+    the same log-probabilities (else ``None``)."""
 
     wer: float
     cer: float
     loss: float
     rows: list[dict] = field(default_factory=list)
+    greedy_wer: float | None = None
 
 
-@torch.no_grad()
-def decode_batch(model: nn.Module, batch: Batch, vocab: CharVocabulary, max_len: int) -> list[str]:
-    """Greedy transcripts of a batch (features ``(B, T, F, C)``, lengths ``(B,)``)."""
-    ids = model.greedy_decode(batch.features, batch.lengths, max_len)
-    return [" ".join(vocab.decode(seq).split()) for seq in ids]
+def text(vocab: CharVocabulary, ids: list[int]) -> str:
+    """The transcript of token ids, its words separated by single spaces."""
+    return " ".join(vocab.decode(ids).split())
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[Batch], vocab: CharVocabulary, max_len: int,
              device: torch.device | str = "cpu") -> EvalResult:
-    """Loss, greedy transcripts and corpus WER/CER over ``batches`` (model left in eval mode)."""
+    """Loss, transcripts and corpus WER/CER over ``batches`` (model left in eval mode)."""
     model.eval()
-    refs, hyps, losses = [], [], []
+    lexicon = getattr(model, "lexicon", None) is not None
+    refs, hyps, greedy, losses = [], [], [], []
     for batch in batches:
         batch = batch.to(device)
         losses.append(float(model(batch.features, batch.lengths, batch.targets, batch.target_lengths)))
-        hyps.extend(decode_batch(model, batch, vocab, max_len))
+        if lexicon:  # a CTC model: both read-outs of one forward pass
+            log_probs, out_lengths = model.log_probs(batch.features, batch.lengths)  # (B, T', V), (B,)
+            for row, n in zip(log_probs, out_lengths.tolist(), strict=True):
+                hyps.append(text(vocab, model.transcript_ids(row, n)))
+                greedy.append(text(vocab, model.greedy_ids(row, n)))
+        else:
+            hyps.extend(text(vocab, ids) for ids in model.decode(batch.features, batch.lengths, max_len))
         refs.extend(batch.texts)
     rows = [{"reference": r, "hypothesis": h, "word_errors": wer([r], [h]).errors} for r, h in zip(refs, hyps, strict=True)]
-    return EvalResult(wer(refs, hyps).rate, cer(refs, hyps).rate, sum(losses) / max(len(losses), 1), rows)
+    return EvalResult(wer(refs, hyps).rate, cer(refs, hyps).rate, sum(losses) / max(len(losses), 1), rows,
+                      wer(refs, greedy).rate if lexicon else None)
 
 
 def speaker_rates(rows: list[dict]) -> dict[str, tuple[float, float, int]]:

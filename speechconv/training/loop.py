@@ -3,7 +3,7 @@
 Per step: wait for the next batch (timed as *data*), one guarded optimiser step
 (:mod:`speechconv.training.step`: forward, non-finite checks, backward, clip, AdamW,
 schedule; timed as *compute*), log.  Every ``val_every`` steps and at the end:
-validation loss, greedy WER/CER on each fixed validation set (the seen speakers'
+validation loss, WER/CER (the model's ``decode``) on each fixed validation set (the seen speakers'
 test takes and, with ``data.holdout_speakers``, the unseen speakers) and a checkpoint
 (``last.pt``; also every ``checkpoint_every`` steps); at the end the curves.  The
 validation batches are computed once and kept, since the sets never change.
@@ -183,6 +183,9 @@ def _train(cfg: Config, out_dir: Path, ctx: DistContext) -> TrainResult:
     _say(ctx, f"model: {cfg.model.type} on a {cfg.encoder.type} encoder, {n_params:,} parameters; "
               f"{len(data.train)} training / {sets} validation utterances{held}; device {device}"
               + (f" x {ctx.world_size} ranks (DDP)" if ctx.active else ""))
+    lexicon = getattr(model, "lexicon", None)
+    _say(ctx, f"decoding: best CTC path through a loop of {len(lexicon.words)} words (model.lexicon)" if lexicon
+         else "decoding: greedy" + (" (model.lexicon is for model.type=ctc)" if cfg.model.lexicon else ""))
 
     guard = NonFiniteGuard(trainer.nonfinite, trainer.max_skips, verbose=ctx.is_main)
     stepper = Stepper(model, ddp_model, optimizer, scheduler, trainer.grad_clip, guard, ctx)
@@ -314,19 +317,28 @@ VALID_SPLITS = {"seen": "valid", "unseen": "unseen"}
 def _validate(model: nn.Module, sets: dict[str, list[Batch]], vocab: CharVocabulary, max_len: int,
               device: torch.device, step: int, epoch: int, start: float, result: TrainResult,
               logger: MetricsLogger) -> None:
-    """Validation loss and greedy WER/CER of each set (rank 0 only), logged and printed."""
+    """Validation loss and WER/CER of each set (rank 0 only), logged and printed."""
     entry: dict = {"step": step}
     parts = []
     for name, batches in sets.items():
         ev = evaluate(model, batches, vocab, max_len, device)
         prefix = "" if name == "seen" else f"{name}_"
         entry.update({f"{prefix}loss": ev.loss, f"{prefix}wer": ev.wer, f"{prefix}cer": ev.cer})
+        if ev.greedy_wer is not None:
+            entry[f"{prefix}greedy_wer"] = ev.greedy_wer
         logger.log(step, VALID_SPLITS[name], epoch=epoch, loss=ev.loss, wer=ev.wer, cer=ev.cer,
                    elapsed_s=time.perf_counter() - start)
-        parts.append(f"{name} WER {100 * ev.wer:.2f}% CER {100 * ev.cer:.2f}% (loss {ev.loss:.4f}, "
+        greedy = "" if ev.greedy_wer is None else f"greedy WER {100 * ev.greedy_wer:.2f}%, "
+        parts.append(f"{name} WER {100 * ev.wer:.2f}% CER {100 * ev.cer:.2f}% ({greedy}loss {ev.loss:.4f}, "
                      f"e.g. '{ev.rows[0]['hypothesis']}' for '{ev.rows[0]['reference']}')")
     result.valid.append(entry)
     say(f"step {step}: " + "  |  ".join(parts))
+
+
+def _greedy(entry: dict, prefix: str) -> str:
+    """``"  (greedy WER x%)"`` when validation also read the log-probabilities greedily."""
+    value = entry.get(f"{prefix}greedy_wer")
+    return "" if value is None else f"  (greedy WER {100 * value:.2f}%)"
 
 
 def _print_summary(result: TrainResult, out_dir: Path) -> None:
@@ -338,10 +350,10 @@ def _print_summary(result: TrainResult, out_dir: Path) -> None:
         f"data ({100 * result.data_s / max(loop_s, 1e-9):.1f}%) + {1000 * result.compute_s / steps:.0f} ms compute")
     if last:
         say(f"final validation, seen speakers: WER {100 * last['wer']:.2f}%  CER {100 * last['cer']:.2f}%  "
-            f"loss {last['loss']:.4f}")
+            f"loss {last['loss']:.4f}{_greedy(last, '')}")
     if "unseen_wer" in last:
         say(f"final validation, unseen speakers: WER {100 * last['unseen_wer']:.2f}%  "
-            f"CER {100 * last['unseen_cer']:.2f}%  loss {last['unseen_loss']:.4f}")
+            f"CER {100 * last['unseen_cer']:.2f}%  loss {last['unseen_loss']:.4f}{_greedy(last, 'unseen_')}")
     say(f"checkpoint: {result.checkpoint}")
     say(f"metrics: {out_dir / 'metrics.csv'}  tensorboard: {out_dir / 'tensorboard'}")
     say("plots: " + "  ".join(str(p) for p in result.plots))

@@ -3,12 +3,15 @@ transcript printed as it grows; a bad file is reported and skipped.
 
 Per file, a line each time characters became final: the seconds of audio the stream had
 taken then (the end of the chunk that made them final, or the end of the file for those
-that come with ``finish``) and the transcript so far; then ``path<TAB>transcript``,
-the line ``mode=transcribe`` prints for the same checkpoint and file (the stream's
-greedy ids are the offline model's).
+that come with ``finish``) and the greedy transcript so far; then ``path<TAB>transcript``,
+the line ``mode=transcribe`` prints for the same checkpoint and file: the model's
+transcript of all the log-probabilities the stream gave (which are the offline model's),
+through its lexicon when it has one (``model.lexicon``; the growing lines stay greedy).
 """
 
 from __future__ import annotations
+
+import torch
 
 from speechconv.checks import ConfigError
 from speechconv.config import Config
@@ -40,12 +43,15 @@ def run_stream(cfg: Config) -> int:
         try:
             wave = load_audio(path, sample_rate=rate).to(cfg.trainer.device)  # (S,)
             ids: list[int] = []
+            log_probs = []  # (t, V) per chunk
             for start in range(0, wave.numel(), size):
-                _, new = stream.accept(wave[start : start + size])
+                chunk_log_probs, new = stream.accept(wave[start : start + size])
+                log_probs.append(chunk_log_probs)
                 ids += new
                 if new:
                     say(f"{path}\t{min(start + size, wave.numel()) / rate:.2f} s\t{vocab.decode(ids)}")
-            _, new = stream.finish()
+            chunk_log_probs, new = stream.finish()
+            log_probs.append(chunk_log_probs)
             ids += new
             if new:
                 say(f"{path}\t{wave.numel() / rate:.2f} s\t{vocab.decode(ids)}")
@@ -54,5 +60,6 @@ def run_stream(cfg: Config) -> int:
             failed += 1
             say(f"error: {path}: {exc}", err=True)
             continue
-        say(f"{path}\t{' '.join(vocab.decode(ids).split())}")
+        every = torch.cat(log_probs)  # (T', V), the offline model's log-probabilities
+        say(f"{path}\t{' '.join(vocab.decode(model.transcript_ids(every, every.shape[0])).split())}")
     return 1 if failed else 0

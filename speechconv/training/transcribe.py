@@ -1,4 +1,5 @@
-"""``mode=transcribe``: a transcript per audio file from a checkpoint; a bad file is reported and skipped."""
+"""``mode=transcribe``: a transcript per audio file from a checkpoint (the model's ``decode``:
+greedy, or through its lexicon); a bad file is reported and skipped."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def run_transcribe(cfg: Config) -> int:
             wave = load_audio(path, sample_rate=run_cfg.features.sample_rate)
             with torch.no_grad():
                 feats, length = features(wave)  # (S,) -> (T, F, C), ()
-                ids = model.greedy_decode(feats[None].to(cfg.trainer.device),  # (T, F, C) -> (1, T, F, C)
+                ids = model.decode(feats[None].to(cfg.trainer.device),  # (T, F, C) -> (1, T, F, C)
                                           length.reshape(1).to(cfg.trainer.device), run_cfg.model.max_decode_len)
         except (ValueError, OSError) as exc:  # AudioError is a ValueError; too-short audio too
             failed += 1
