@@ -1,7 +1,8 @@
 """Export from raw audio: the whole CTC recogniser (``waveforms, lengths -> log_probs,
 out_lengths``) or a front-end of your own (features + encoder: ``-> encoded,
 out_lengths``), to ONNX and to ``torch.export`` programs (``.pt2``), with any batch size
-and length.
+and length; the front-end also to executorch (``.pte``, :func:`save_pte`), with a batch
+size and length up to bounds fixed when exporting.
 
 What is exported is the eval form of the eager modules: each conv's batch norm folded
 into it (:func:`speechconv.encoder.fold_batch_norms`), dropout gone, and each
@@ -44,12 +45,21 @@ from speechconv.features import LogMelDeltas
 from speechconv.models.ctc import CTCModel
 from speechconv.text import CharVocabulary
 
-FORMATS = ("onnx", "pt2")
+FORMATS = ("onnx", "pt2", "pte")
 INPUT_NAMES = ["waveforms", "lengths"]
 RECOGNISER_OUTPUTS = ["log_probs", "out_lengths"]
 FRONTEND_OUTPUTS = ["encoded", "out_lengths"]
 OPSET = 18
 """ONNX opset of the exported files (onnxruntime 1.20 runs up to 21; DFT is in 17+)."""
+
+
+PTE_MAX_BATCH = 4
+"""Largest batch a ``.pte`` front-end takes unless told otherwise (:func:`export_frontend`)."""
+PTE_MAX_SECONDS = 30.0
+"""Longest audio a ``.pte`` front-end takes unless told otherwise.  executorch plans the
+memory of every intermediate tensor for the largest input: about 1.6 MB per second of
+audio and utterance of the batch at the default features and encoder (197 MB for
+8 x 30 s, 99 MB for the default 4 x 30 s)."""
 
 
 class ExportError(ValueError):
@@ -129,11 +139,14 @@ class Recogniser(nn.Module):
         return self.model.log_probs(feats, frames)
 
 
-def check_exportable(features: LogMelDeltas, model: nn.Module | None = None) -> None:
+def check_exportable(features: LogMelDeltas, model: nn.Module | None = None, fmt: str = "onnx") -> None:
     """Raise :class:`ExportError` naming the setting if the feature stage or the model
-    holds something an exported graph cannot represent.
+    holds something an exported graph (in format ``fmt``) cannot represent.
 
-    Refused: ``features.dither > 0`` (random noise: no two runs agree, so the graph
+    Refused: ``fmt="pte"`` with a feature stage made with ``dft="fft"`` (executorch's
+    portable kernels have no FFT operator: build it with ``dft="matrix"``), or with a
+    model (the recogniser's LSTM scan fails in executorch's runtime for a batch smaller
+    than the bound); ``features.dither > 0`` (random noise: no two runs agree, so the graph
     cannot be checked against eager, and inference takes no dither); a model other than
     :class:`speechconv.models.CTCModel` (``model.type=seq2seq``: its greedy decoder
     stops per utterance on the end token, a loop whose length depends on values); an
@@ -142,6 +155,14 @@ def check_exportable(features: LogMelDeltas, model: nn.Module | None = None) -> 
     loop over frames).
     """
     cfg = features.config
+    if fmt == "pte" and features.dft_basis is None:
+        raise ExportError("a feature stage with dft='fft' cannot be exported as pte: executorch's portable kernels "
+                          "have no FFT operator; build it as LogMelDeltas(config, dft='matrix') (the same features "
+                          "to float32 rounding, the DFT as a matrix product)")
+    if fmt == "pte" and model is not None:
+        raise ExportError("export.format=pte exports the front-end only (speechconv.export.export_frontend): the "
+                          "recogniser's LSTMs (a scan) fail in executorch's runtime for a batch smaller than the "
+                          "exported bound; export the recogniser with export.format=onnx or pt2")
     if cfg.dither > 0:
         raise ExportError(f"features.dither={cfg.dither} cannot be exported: dither is random noise, which no "
                           f"exported graph can reproduce or be checked against; export with features.dither=0 "
@@ -190,24 +211,34 @@ def min_samples(features: LogMelDeltas, encoder_min_frames: int = 1) -> int:
     return shapes.min_samples_for_frames(frames, cfg.win_length, cfg.hop_length, cfg.framing)
 
 
-def _example(smallest: int, sample_rate: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _example(smallest: int, sample_rate: int, max_batch: int | None = None,
+             max_samples: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The inputs graphs are traced with: ``(3, S)`` noise, one utterance filling the batch,
-    two shorter ones (the sizes are not special cases of the program)."""
-    samples = max(sample_rate, 4 * smallest)
+    two shorter ones (the sizes are not special cases of the program); fewer rows and
+    samples where the bounds are smaller."""
+    samples = min(max(sample_rate, 4 * smallest), max_samples or sample_rate * 3600)
     noise = torch.randn(3, samples, generator=torch.Generator().manual_seed(0)) * 0.1
-    return noise, torch.tensor([samples, samples * 2 // 3, smallest])
+    lengths = torch.tensor([samples, max(samples * 2 // 3, smallest), smallest])
+    return noise[:max_batch], lengths[:max_batch]
 
 
-def export_program(module: nn.Module, features: LogMelDeltas, encoder_min_frames: int = 1) -> torch.export.ExportedProgram:
+def export_program(module: nn.Module, features: LogMelDeltas, encoder_min_frames: int = 1,
+                   max_batch: int | None = None, max_samples: int | None = None) -> torch.export.ExportedProgram:
     """``torch.export`` of ``module`` (:class:`Frontend` or :class:`Recogniser`, already in
-    eval form) with a dynamic batch size and length.
+    eval form) with a dynamic batch size and length, up to ``max_batch`` and
+    ``max_samples`` where given (a batch of 1 is then static); executorch needs bounds.
 
     Traced with size-oblivious shape reasoning and deferred runtime asserts, as
     :func:`speechconv.encoder.export_program` is."""
     smallest = min_samples(features, encoder_min_frames)
-    waveforms, lengths = _example(smallest, features.config.sample_rate)
-    batch = torch.export.Dim("batch", min=1)
-    samples = torch.export.Dim("samples", min=smallest)
+    if max_samples is not None and max_samples <= smallest:
+        raise ExportError(f"a bound of {max_samples} samples is too small: an exported graph takes at least "
+                          f"{smallest} ({smallest / features.config.sample_rate:.3f} s); allow longer audio")
+    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+        raise ExportError(f"max_batch={max_batch!r} is invalid: expected an int >= 1")
+    waveforms, lengths = _example(smallest, features.config.sample_rate, max_batch, max_samples)
+    batch = None if max_batch == 1 else torch.export.Dim("batch", min=1, max=max_batch)
+    samples = torch.export.Dim("samples", min=smallest, max=max_samples)
     dynamic = {"waveforms": {0: batch, 1: samples}, "lengths": {0: batch}}
     with torch.no_grad(), torch.fx.experimental._config.patch(backed_size_oblivious=True):
         return torch.export.export(module, (waveforms, lengths), dynamic_shapes=dynamic,
@@ -239,11 +270,36 @@ def save_onnx(program: torch.export.ExportedProgram, path: str | os.PathLike, ou
     return path
 
 
+def save_pte(program: torch.export.ExportedProgram, path: str | os.PathLike,
+             constants: dict[str, int] | None = None) -> Path:
+    """Lower ``program`` to executorch (edge dialect, then the executorch program) and write
+    the ``.pte`` atomically; ``constants`` become methods without inputs that return them
+    (executorch's counterpart of ONNX metadata: ``program.load_method("sample_rate")``).
+
+    The lowering re-traces the program with size-oblivious shape reasoning, as
+    :func:`export_program` traced it, so that it adds no runtime assert of its own
+    (executorch's edge verifier refuses their ``sym_not``).  ``aten.unfold`` (the frames
+    of :func:`speechconv.features.fbank.frames_of`) is not a core ATen operator: it is
+    kept, and becomes the portable kernel ``unfold_copy``.  Every dynamic size needs an
+    upper bound (:func:`export_program`'s ``max_batch`` and ``max_samples``).
+    """
+    from executorch.exir import EdgeCompileConfig, to_edge
+
+    config = EdgeCompileConfig(_core_aten_ops_exception_list=[torch.ops.aten.unfold.default])
+    with torch.no_grad(), torch.fx.experimental._config.patch(backed_size_oblivious=True):
+        edge = to_edge(program, constant_methods=constants, compile_config=config)
+    buffer = edge.to_executorch().buffer
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer)
+    return path
+
+
 def check_format(fmt: str) -> None:
     """Raise :class:`ExportError` unless ``fmt`` is one of :data:`FORMATS`."""
     if fmt not in FORMATS:
         raise ExportError(f"export.format={fmt!r} is invalid: expected one of {FORMATS} (onnx for onnxruntime, "
-                          f"pt2 for torch.export.load)")
+                          f"pt2 for torch.export.load, pte for executorch)")
 
 
 def recogniser_program(model: CTCModel, features: LogMelDeltas,
@@ -271,8 +327,9 @@ def recogniser_program(model: CTCModel, features: LogMelDeltas,
     return program, metadata
 
 
-def frontend_program(features: LogMelDeltas, encoder: nn.Module,
-                     min_input_frames: int | None = None) -> torch.export.ExportedProgram:
+def frontend_program(features: LogMelDeltas, encoder: nn.Module, min_input_frames: int | None = None,
+                     max_batch: int | None = None, max_samples: int | None = None,
+                     fmt: str = "onnx") -> torch.export.ExportedProgram:
     """``torch.export`` of a front-end of your own: the feature stage then ``encoder``.
 
     Args:
@@ -284,14 +341,20 @@ def frontend_program(features: LogMelDeltas, encoder: nn.Module,
             (:func:`eval_form`).
         min_input_frames: the encoder's fewest input frames (default: its
             ``min_input_frames`` attribute, else 1).
+        max_batch, max_samples: bounds of the dynamic sizes (:func:`export_program`).
+        fmt: the format it is for (:func:`check_exportable`).
 
     Returns:
         The program: ``waveforms (B, S), lengths (B,)`` -> ``encoded, out_lengths (B,)``.
     """
-    check_exportable(features)
-    if min_input_frames is None:
-        min_input_frames = int(getattr(encoder, "min_input_frames", 1))
-    return export_program(Frontend(eval_form(features), eval_form(encoder)), features, min_input_frames)
+    check_exportable(features, fmt=fmt)
+    return export_program(Frontend(eval_form(features), eval_form(encoder)), features,
+                          _min_input_frames(encoder, min_input_frames), max_batch, max_samples)
+
+
+def _min_input_frames(encoder: nn.Module, given: int | None) -> int:
+    """``given``, else the encoder's ``min_input_frames`` attribute, else 1."""
+    return int(getattr(encoder, "min_input_frames", 1)) if given is None else given
 
 
 def export_recogniser(model: CTCModel, features: LogMelDeltas, vocab: CharVocabulary, path: str | os.PathLike,
@@ -299,6 +362,7 @@ def export_recogniser(model: CTCModel, features: LogMelDeltas, vocab: CharVocabu
     """Write the whole recogniser, raw audio to log-probabilities (:func:`recogniser_program`),
     to ``path`` as ``fmt`` (``onnx`` with its metadata, or ``pt2``); returns ``path``."""
     check_format(fmt)
+    check_exportable(features, model, fmt)
     program, metadata = recogniser_program(model, features, vocab)
     if fmt == "pt2":
         return save_pt2(program, path)
@@ -306,15 +370,34 @@ def export_recogniser(model: CTCModel, features: LogMelDeltas, vocab: CharVocabu
 
 
 def export_frontend(features: LogMelDeltas, encoder: nn.Module, path: str | os.PathLike, fmt: str = "onnx",
-                    min_input_frames: int | None = None) -> Path:
+                    min_input_frames: int | None = None, max_batch: int | None = None,
+                    max_seconds: float | None = None) -> Path:
     """Write a front-end of your own, raw audio to encoder output (:func:`frontend_program`),
-    to ``path`` as ``fmt``; the ONNX outputs are ``encoded`` and ``out_lengths``, its
-    metadata ``sample_rate``.  Returns ``path``."""
+    to ``path`` as ``fmt``; returns ``path``.
+
+    ``onnx``: outputs ``encoded`` and ``out_lengths``, metadata ``sample_rate``.  ``pte``
+    (executorch; the feature stage made with ``dft="matrix"``): inputs and outputs in the
+    same order, and methods ``sample_rate``, ``min_samples``, ``max_batch`` and
+    ``max_samples`` that return the graph's limits.  ``max_batch`` and ``max_seconds``
+    bound the batch and the audio (``pte``: by default :data:`PTE_MAX_BATCH` and
+    :data:`PTE_MAX_SECONDS`; the others: unbounded by default).
+    """
     check_format(fmt)
-    program = frontend_program(features, encoder, min_input_frames)
+    rate = features.config.sample_rate
+    if fmt == "pte":
+        max_batch = PTE_MAX_BATCH if max_batch is None else max_batch
+        max_seconds = PTE_MAX_SECONDS if max_seconds is None else max_seconds
+    if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and 0 < max_seconds < float("inf")):
+        raise ExportError(f"max_seconds={max_seconds!r} is invalid: expected a number of seconds > 0")
+    max_samples = None if max_seconds is None else int(max_seconds * rate)
+    program = frontend_program(features, encoder, min_input_frames, max_batch, max_samples, fmt)
     if fmt == "pt2":
         return save_pt2(program, path)
-    return save_onnx(program, path, FRONTEND_OUTPUTS, {"sample_rate": str(features.config.sample_rate)})
+    if fmt == "pte":
+        smallest = min_samples(features, _min_input_frames(encoder, min_input_frames))
+        return save_pte(program, path, {"sample_rate": rate, "min_samples": smallest,
+                                        "max_batch": max_batch, "max_samples": max_samples})
+    return save_onnx(program, path, FRONTEND_OUTPUTS, {"sample_rate": str(rate)})
 
 
 def vocabulary_symbols(vocab: CharVocabulary) -> list[str]:

@@ -84,7 +84,7 @@ def kaldi_mel_banks(n_mels: int, n_fft: int, sample_rate: int, low_freq: float, 
 
 
 def kaldi_windowed(frames: torch.Tensor, window: torch.Tensor, preemphasis: float, remove_dc: bool,
-                   out: torch.Tensor) -> torch.Tensor:
+                   out: torch.Tensor | None) -> torch.Tensor:
     """Kaldi's steps 3-5 of every frame, in Kaldi's order: 3 and 4 in float32, the window
     in float64.
 
@@ -98,21 +98,29 @@ def kaldi_windowed(frames: torch.Tensor, window: torch.Tensor, preemphasis: floa
         preemphasis: ``c`` of ``x[i] - c x[i-1]``.
         remove_dc: subtract each frame's mean first.
         out: ``(B, T, win)`` where the windowed frames are written
-            (float64: :func:`speechconv.features.fbank.log_mel` takes it).
+            (float64: :func:`speechconv.features.fbank.log_mel` takes it), or ``None``
+            for a new tensor.
 
     Returns:
-        ``out``.
+        ``out``, or the new ``(B, T, win)`` float64 tensor.
     """
     if remove_dc:
         # The mean summed in float64 and rounded once: a float32 sum's rounding depends on
         # its order (torch's and onnxruntime's differ), and pre-emphasis turns a DC offset's
         # last bit into 1e-3 of the lowest bins' energy.  Summed from a float64 copy in
-        # ``out`` (3x faster than summing the strided float32 frames with dtype=float64).
-        mean = out.copy_(frames).sum(-1, keepdim=True).div_(frames.shape[-1]).to(frames.dtype)  # (B, T, 1)
+        # ``out`` (3x faster than summing the strided float32 frames with dtype=float64);
+        # without ``out`` (a traced graph) with dtype=float64: executorch's sum of a
+        # float64 tensor is off by a float32 sum's error (measured).
+        if out is None:
+            total = frames.sum(-1, keepdim=True, dtype=torch.float64)  # (B, T, 1)
+        else:
+            total = out.copy_(frames).sum(-1, keepdim=True)  # (B, T, 1)
+        mean = total.div_(frames.shape[-1]).to(frames.dtype)  # (B, T, 1)
         x = frames - mean  # (B, T, win)
     else:
         x = frames
     if preemphasis:
         previous = torch.cat([x[..., :1], x[..., :-1]], dim=-1)  # x[i-1], and x[0] at 0: a new (B, T, win)
         x = previous.mul_(-preemphasis).add_(x)  # -(c x[i-1]) + x[i] rounds as x[i] - c x[i-1]
-    return out.copy_(x).mul_(window)  # float32 -> float64, then the window
+    wide = x.to(torch.float64, copy=True) if out is None else out.copy_(x)  # float32 -> float64
+    return wide.mul_(window)

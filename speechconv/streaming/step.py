@@ -12,7 +12,8 @@ without Python (onnxruntime) streams with the same code::
     state = step.initial_state(batch=1)
     encoded, counts, *state = step(chunk, lengths, final, *state)   # every chunk (B, S)
 
-Exported (:func:`export_feature_step`, :func:`export_front_end_step`) at a fixed chunk
+Exported (:func:`export_feature_step`, :func:`export_front_end_step`; to ONNX, or to
+executorch's ``.pte`` with a feature stage made with ``dft="matrix"``) at a fixed chunk
 size ``S``, the graph's frame buffers take the static bound
 :func:`speechconv.shapes.batch_bound` gives (the most frames ``S`` samples can finish)
 and the encoder's the most windows its caches and those frames can hold; stream ``b``'s
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from speechconv.encoder import ConvEncoder
-from speechconv.export import save_onnx
+from speechconv.export import ExportError, check_exportable, save_onnx, save_pte
 from speechconv.features.module import LogMelDeltas
 from speechconv.features.stream import FeatureState
 
@@ -99,36 +100,54 @@ class FrontEndStep(nn.Module):
         return (encoded, out_counts, *feature_state, *encoder_state)
 
 
-def _check_chunk(chunk_samples: int) -> None:
+STEP_FORMATS = ("onnx", "pte")
+"""Formats of the exported steps: ONNX (onnxruntime) and executorch's ``.pte`` (its inputs
+and outputs in the same order as the ONNX graph's, unnamed)."""
+
+
+def _check(features: LogMelDeltas, chunk_samples: int, fmt: str) -> None:
     if isinstance(chunk_samples, bool) or not isinstance(chunk_samples, int) or chunk_samples < 1:
         raise ValueError(f"chunk_samples={chunk_samples!r} is invalid: expected an int >= 1")
+    if fmt not in STEP_FORMATS:
+        raise ExportError(f"fmt={fmt!r} is invalid for a streaming step: expected one of {STEP_FORMATS} (onnx for "
+                          f"onnxruntime, pte for executorch)")
+    check_exportable(features, fmt=fmt)
 
 
 def _export(step: FeatureStep | FrontEndStep, names: list[str], first_output: str, path: str | Path,
-            chunk_samples: int, batch: int) -> Path:
-    """Write the ONNX graph of ``step`` for chunks ``(batch, chunk_samples)`` (atomically, in
-    the opset of :func:`speechconv.export.save_onnx`)."""
+            chunk_samples: int, batch: int, fmt: str, sample_rate: int) -> Path:
+    """Write the graph of ``step`` for chunks ``(batch, chunk_samples)`` as ``fmt`` (ONNX
+    atomically, in the opset of :func:`speechconv.export.save_onnx`; ``pte`` with methods
+    ``sample_rate``, ``chunk_samples`` and ``batch``)."""
+    # contiguous state: a graph takes its inputs in the example's memory layout, and
+    # executorch's kernels (cat) refuse to mix layouts
     example = (torch.zeros(batch, chunk_samples), torch.full((batch,), chunk_samples, dtype=torch.int64),
-               torch.zeros(batch, dtype=torch.bool), *step.initial_state(batch))
-    return save_onnx(torch.export.export(step, example), path, [first_output, "counts", *(f"next_{n}" for n in names)],
+               torch.zeros(batch, dtype=torch.bool), *(s.contiguous() for s in step.initial_state(batch)))
+    program = torch.export.export(step, example)
+    if fmt == "pte":
+        return save_pte(program, path, {"sample_rate": sample_rate, "chunk_samples": chunk_samples, "batch": batch})
+    return save_onnx(program, path, [first_output, "counts", *(f"next_{n}" for n in names)],
                      {}, input_names=["chunk", "lengths", "final", *names])
 
 
-def export_feature_step(features: LogMelDeltas, path: str | Path, chunk_samples: int, batch: int = 1) -> Path:
-    """Write the ONNX graph of :class:`FeatureStep` for chunks ``(batch, chunk_samples)``;
-    inputs ``chunk``, ``lengths``, ``final`` and the state (:data:`STATE_NAMES`), outputs
-    ``frames``, ``counts`` and the next state (``next_`` + its name)."""
-    _check_chunk(chunk_samples)
-    return _export(FeatureStep(features).eval(), list(STATE_NAMES), "frames", path, chunk_samples, batch)
+def export_feature_step(features: LogMelDeltas, path: str | Path, chunk_samples: int, batch: int = 1,
+                        fmt: str = "onnx") -> Path:
+    """Write the graph of :class:`FeatureStep` for chunks ``(batch, chunk_samples)`` as
+    ``fmt`` (:data:`STEP_FORMATS`); inputs ``chunk``, ``lengths``, ``final`` and the state
+    (:data:`STATE_NAMES`), outputs ``frames``, ``counts`` and the next state (``next_`` +
+    its name)."""
+    _check(features, chunk_samples, fmt)
+    return _export(FeatureStep(features).eval(), list(STATE_NAMES), "frames", path, chunk_samples, batch, fmt,
+                   features.config.sample_rate)
 
 
 def export_front_end_step(features: LogMelDeltas, encoder: ConvEncoder, path: str | Path, chunk_samples: int,
-                          batch: int = 1) -> Path:
-    """Write the ONNX graph of :class:`FrontEndStep` (whose encoder stream runs the eval
+                          batch: int = 1, fmt: str = "onnx") -> Path:
+    """Write the graph of :class:`FrontEndStep` (whose encoder stream runs the eval
     form, batch norms folded: :func:`speechconv.encoder.fold_batch_norms`) for chunks ``(batch,
-    chunk_samples)``; inputs ``chunk``, ``lengths``, ``final`` and the state
-    (:meth:`FrontEndStep.state_names`), outputs ``encoded``, ``counts`` and the next state
-    (``next_`` + its name)."""
-    _check_chunk(chunk_samples)
+    chunk_samples)`` as ``fmt`` (:data:`STEP_FORMATS`); inputs ``chunk``, ``lengths``,
+    ``final`` and the state (:meth:`FrontEndStep.state_names`), outputs ``encoded``,
+    ``counts`` and the next state (``next_`` + its name)."""
+    _check(features, chunk_samples, fmt)
     step = FrontEndStep(features, encoder).eval()
-    return _export(step, step.state_names(), "encoded", path, chunk_samples, batch)
+    return _export(step, step.state_names(), "encoded", path, chunk_samples, batch, fmt, features.config.sample_rate)
