@@ -45,6 +45,7 @@ Empty input gives empty output in every mode (padding alone makes no frames).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -89,10 +90,10 @@ def frames_from_samples_tensor(
 ) -> torch.Tensor:
     """Batched :func:`frames_from_samples`: ``(B,)`` int samples -> ``(B,)`` int64 frames."""
     s = num_samples.to(torch.int64)
-    if framing == "kaldi":
-        return torch.where(s >= win_length, 1 + torch.div(s - win_length, hop_length, rounding_mode="floor"), 0)
-    if framing == "center":
-        return torch.where(s > 0, 1 + torch.div(s, hop_length, rounding_mode="floor"), 0)
+    if framing == "kaldi":  # 1 + (S - win) // hop = (S - win + hop) // hop, negative (then 0) below one window
+        return (s + (hop_length - win_length)).div(hop_length, rounding_mode="floor").clamp_(min=0)
+    if framing == "center":  # 1 + S // hop, and 0 for S = 0
+        return s.div(hop_length, rounding_mode="floor") + (s > 0)
     raise ValueError(f"framing must be one of {FRAMINGS}, got {framing!r}")
 
 
@@ -385,6 +386,21 @@ def look_ahead(layers: Sequence[AxisGeometry]) -> int:
     return max(receptive_field(layers) - 1 - pad, 0)
 
 
+@functools.lru_cache(maxsize=64)
+def _cached_positions(n: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(n, device=device)
+
+
+def positions(n: int, device: torch.device) -> torch.Tensor:
+    """``torch.arange(n)`` int64 ``(n,)`` on ``device``, shared between eager calls: a
+    stream asks for the same few sizes every chunk, and each new ``arange`` is an
+    allocation and a kernel call.  Read it, never write into it.  A graph being traced
+    gets its own ``arange`` (an operator of the graph, not a constant)."""
+    if torch.compiler.is_compiling():
+        return torch.arange(n, device=device)
+    return _cached_positions(n, torch.device(device))
+
+
 def make_pad_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     """``(B,)`` lengths -> ``(B, T)`` bool, True on valid frames ``t < lengths[b]``."""
-    return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
+    return positions(max_length, lengths.device)[None, :] < lengths[:, None]

@@ -70,7 +70,7 @@ def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``x`` ``(B, T, ...)`` at per-stream positions ``index`` ``(B, T')`` (each in ``[0, T)``)
     -> ``(B, T', ...)``, by whole rows (index_select: faster than an element-wise gather)."""
     B, T = x.shape[:2]
-    flat = (index + torch.arange(B, device=x.device)[:, None] * T).reshape(-1)  # (B * T',) rows of (B * T, ...)
+    flat = (index + shapes.positions(B, x.device)[:, None] * T).reshape(-1)  # (B * T',) rows of (B * T, ...)
     return x.reshape(B * T, *x.shape[2:]).index_select(0, flat).view(B, index.shape[1], *x.shape[2:])
 
 
@@ -187,13 +187,19 @@ class FeatureStream:
         B = self.state.made.shape[0]
         device = self.state.made.device
         S = chunk.shape[-1]
-        lens = torch.full((B,), S, dtype=torch.int64, device=device) if lengths is None else \
-            torch.as_tensor(lengths, device=device).reshape(-1).to(torch.int64)
-        if chunk.dim() != 2 or chunk.shape[0] != B or lens.shape != (B,) or bool(((lens < 0) | (lens > S)).any()):
+        if lengths is None:
+            lens = torch.full((B,), S, dtype=torch.int64, device=device)
+        else:
+            lens = torch.as_tensor(lengths, device=device).reshape(-1).to(torch.int64)
+            if lens.shape != (B,) or bool(((lens < 0) | (lens > S)).any()):
+                lens = None
+        if chunk.dim() != 2 or chunk.shape[0] != B or lens is None:
             raise ValueError(f"expected {B} rows with lengths in [0, {S}], got samples "
                              f"{tuple(chunk.shape)} and lengths {lengths!r}")
-        final = torch.zeros(B, dtype=torch.bool, device=device) if final is None else final.to(device, torch.bool)
-        frames, counts, self.state = self.step(self.state, chunk.to(device=device, dtype=torch.float32), lens, final)
+        if final is not None:
+            final = final.to(device, torch.bool)
+        frames, counts, self.state = self.step(self.state, chunk.to(device=device, dtype=self.state.samples.dtype),
+                                               lens, final)
         return frames, counts
 
     def finish(self, index: int | None = None) -> torch.Tensor | list[torch.Tensor]:
@@ -228,7 +234,7 @@ class FeatureStream:
 
     # ------------------------------------------------------------------ the step
     def step(self, state: FeatureState, chunk: torch.Tensor, lengths: torch.Tensor,
-             final: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, FeatureState]:
+             final: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, FeatureState]:
         """The next samples of ``B`` streams: their new final frames and the next state.
 
         Args:
@@ -237,7 +243,8 @@ class FeatureStream:
                 (what lies past them is never read, NaN included).
             lengths: ``(B,)`` int64 in ``[0, S]``.
             final: ``(B,)`` bool: the streams whose utterance ends with this chunk; they
-                emit every frame left and start afresh in the returned state.
+                emit every frame left and start afresh in the returned state.  ``None``
+                (eager only): no stream ends, the same as all False.
 
         Returns:
             ``(frames (B, E, F, C), counts (B,), state)``: stream ``b``'s new frames are
@@ -249,25 +256,27 @@ class FeatureStream:
         K = 2 * P
         B, S = chunk.shape
         H = state.samples.shape[1]
-        chunk = chunk.to(state.samples.dtype)
+        device = chunk.device
         # The samples from frame `made`'s window on: the held ones, the chunk's, then zeros.
+        # Position p takes column `source` of `joined` (the held samples, the chunk's, one zero).
         width = H + S + self._tail
-        p = torch.arange(width, device=chunk.device)[None, :]  # (1, W)
+        p = shapes.positions(width, device)[None, :]  # (1, W)
         held = state.held[:, None]  # (B, 1)
-        source = torch.where(p < held, p, p - held + H).clamp(0, H + S - 1)  # (B, W) column of `joined`
-        joined = torch.cat([state.samples, chunk], dim=1)  # (B, H + S)
         available = state.held + lengths
-        buffer = torch.where(p < available[:, None], joined.gather(1, source), 0.0)  # (B, W)
+        source = torch.where(p < held, p, torch.where(p < available[:, None], p + (H - held), H + S))  # (B, W)
+        joined = torch.cat([state.samples, chunk.to(state.samples.dtype), chunk.new_zeros(B, 1)], dim=1)  # (B, H+S+1)
+        buffer = joined.gather(1, source)  # (B, W)
         received = state.received + lengths
-        total = shapes.frames_from_samples_tensor(received, win, hop, cfg.framing)
-        new = torch.where(final, total - state.made,
-                          shapes.frames_from_samples_tensor(available, win, hop, "kaldi"))  # (B,) new statics
+        new = shapes.frames_from_samples_tensor(available, win, hop, "kaldi")  # (B,) new statics
+        if final is not None:  # an utterance that ends: every frame of its length, center's last ones included
+            new = torch.where(final, shapes.frames_from_samples_tensor(received, win, hop, cfg.framing) - state.made,
+                              new)
         N = shapes.batch_bound(new, shapes.frames_from_samples(width, win, hop, "kaldi"))
         statics = static_log_mel(buffer, N, cfg, m.window, m.mel_matrix, m.dft_basis) if N > 0 \
             else buffer.new_zeros(B, 0, cfg.n_mels)  # (B, N, F)
         made = state.made + new
         start = (state.made - P).clamp(min=0)  # frames out so far
-        end = torch.where(final, made, (made - P).clamp(min=0))
+        end = (made - P).clamp(min=0) if final is None else torch.where(final, made, (made - P).clamp(min=0))
         counts = end - start
         if K + N == 0:  # statics alone, and no new frame
             frames = buffer.new_zeros(B, 0, cfg.n_mels, cfg.n_channels)
@@ -278,15 +287,15 @@ class FeatureStream:
             # offline (the cascade rule replicates d_0, not c_0: padding with c_0 would differ).
             history = torch.cat([state.statics, statics], dim=1)  # (B, K + N, F)
             skip = (K - state.made).clamp(min=0)  # (B,)
-            u = torch.arange(K + N, device=chunk.device)[None, :]  # (1, K + N)
+            u = shapes.positions(K + N, device)[None, :]  # (1, K + N)
             aligned = _rows(history, (u + skip[:, None]).clamp(max=K + N - 1))  # (B, K + N, F) from frame made - K + skip
             features = features_from_statics(aligned, K + new - skip, cfg, m.global_stats)  # (B, K + N, F, C)
             E = shapes.batch_bound(counts, N + P)
-            first = start - (state.made - K).clamp(min=0)  # position of frame `start` in `aligned`
-            at = (first[:, None] + torch.arange(E, device=chunk.device)).clamp(max=K + N - 1)  # (B, E)
-            frames = _rows(features, at)  # (B, E, F, C)
-            kept = _rows(history, (new[:, None] + torch.arange(K, device=chunk.device)).clamp(max=K + N - 1))
+            # position of frame `start` in `aligned` (at most P: the E <= N + P frames fit)
+            first = start - (state.made - K).clamp(min=0)
+            frames = _rows(features, first[:, None] + shapes.positions(E, device))  # (B, E, F, C)
+            kept = _rows(history, new[:, None] + shapes.positions(K, device))  # (B, K, F): new <= N
         shift = new * hop
-        ahead = (shift[:, None] + torch.arange(H, device=chunk.device)).clamp(max=width - 1)  # (B, H)
+        ahead = (shift[:, None] + shapes.positions(H, device)).clamp(max=width - 1)  # (B, H)
         following = FeatureState(buffer.gather(1, ahead), available - shift, kept, made, received)
-        return frames, counts, self._restart(following, final)
+        return frames, counts, following if final is None else self._restart(following, final)
