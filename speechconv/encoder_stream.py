@@ -118,8 +118,8 @@ class LayerStream:
         # Position p holds cached frame p (p < count) or new frame p - count (a negative count
         # skips frames), zero past the stream's frames (the `after` zeros included): row
         # p + H - count of the stream's rows of the table, or its zero row H + t.
-        p = shapes.positions(span, x.device)[None, :]  # (1, span)
-        first = shapes.positions(B, x.device) * (H + t + 1)  # (B,) each stream's first row
+        p = torch.arange(span, device=x.device)[None, :]  # (1, span)
+        first = torch.arange(B, device=x.device) * (H + t + 1)  # (B,) each stream's first row
         zero = first + (H + t)  # (B,) each stream's zero row
         rows = torch.where(p < have[:, None], p + (first + H - count)[:, None], zero[:, None])  # (B, span)
         table = _row_table(cache, x)
@@ -132,7 +132,7 @@ class LayerStream:
         else:
             y = x.new_zeros(B, layer.out_channels, 0, layer.out_freq)
         # the cache's place h takes position total - H + h (those before the kept frames: anything)
-        kept = rows.gather(1, ((total - H)[:, None] + shapes.positions(H, x.device)).clamp_(min=0))  # (B, H)
+        kept = rows.gather(1, ((total - H)[:, None] + torch.arange(H, device=x.device)).clamp_(min=0))  # (B, H)
         if final is not None:
             kept = torch.where(final[:, None], zero[:, None], kept)
             keep = torch.where(final, self.before, keep)

@@ -45,7 +45,6 @@ Empty input gives empty output in every mode (padding alone makes no frames).
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -386,21 +385,6 @@ def look_ahead(layers: Sequence[AxisGeometry]) -> int:
     return max(receptive_field(layers) - 1 - pad, 0)
 
 
-@functools.lru_cache(maxsize=64)
-def _cached_positions(n: int, device: torch.device) -> torch.Tensor:
-    return torch.arange(n, device=device)
-
-
-def positions(n: int, device: torch.device) -> torch.Tensor:
-    """``torch.arange(n)`` int64 ``(n,)`` on ``device``, shared between eager calls: a
-    stream asks for the same few sizes every chunk, and each new ``arange`` is an
-    allocation and a kernel call.  Read it, never write into it.  A graph being traced
-    gets its own ``arange`` (an operator of the graph, not a constant)."""
-    if torch.compiler.is_compiling():
-        return torch.arange(n, device=device)
-    return _cached_positions(n, torch.device(device))
-
-
 def make_pad_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     """``(B,)`` lengths -> ``(B, T)`` bool, True on valid frames ``t < lengths[b]``."""
-    return positions(max_length, lengths.device)[None, :] < lengths[:, None]
+    return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]

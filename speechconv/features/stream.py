@@ -70,7 +70,7 @@ def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``x`` ``(B, T, ...)`` at per-stream positions ``index`` ``(B, T')`` (each in ``[0, T)``)
     -> ``(B, T', ...)``, by whole rows (index_select: faster than an element-wise gather)."""
     B, T = x.shape[:2]
-    flat = (index + shapes.positions(B, x.device)[:, None] * T).reshape(-1)  # (B * T',) rows of (B * T, ...)
+    flat = (index + torch.arange(B, device=x.device)[:, None] * T).reshape(-1)  # (B * T',) rows of (B * T, ...)
     return x.reshape(B * T, *x.shape[2:]).index_select(0, flat).view(B, index.shape[1], *x.shape[2:])
 
 
@@ -260,7 +260,7 @@ class FeatureStream:
         # The samples from frame `made`'s window on: the held ones, the chunk's, then zeros.
         # Position p takes column `source` of `joined` (the held samples, the chunk's, one zero).
         width = H + S + self._tail
-        p = shapes.positions(width, device)[None, :]  # (1, W)
+        p = torch.arange(width, device=device)[None, :]  # (1, W)
         held = state.held[:, None]  # (B, 1)
         available = state.held + lengths
         source = torch.where(p < held, p, torch.where(p < available[:, None], p + (H - held), H + S))  # (B, W)
@@ -287,15 +287,15 @@ class FeatureStream:
             # offline (the cascade rule replicates d_0, not c_0: padding with c_0 would differ).
             history = torch.cat([state.statics, statics], dim=1)  # (B, K + N, F)
             skip = (K - state.made).clamp(min=0)  # (B,)
-            u = shapes.positions(K + N, device)[None, :]  # (1, K + N)
+            u = torch.arange(K + N, device=device)[None, :]  # (1, K + N)
             aligned = _rows(history, (u + skip[:, None]).clamp(max=K + N - 1))  # (B, K + N, F) from frame made - K + skip
             features = features_from_statics(aligned, K + new - skip, cfg, m.global_stats)  # (B, K + N, F, C)
             E = shapes.batch_bound(counts, N + P)
             # position of frame `start` in `aligned` (at most P: the E <= N + P frames fit)
             first = start - (state.made - K).clamp(min=0)
-            frames = _rows(features, first[:, None] + shapes.positions(E, device))  # (B, E, F, C)
-            kept = _rows(history, new[:, None] + shapes.positions(K, device))  # (B, K, F): new <= N
+            frames = _rows(features, first[:, None] + torch.arange(E, device=device))  # (B, E, F, C)
+            kept = _rows(history, new[:, None] + torch.arange(K, device=device))  # (B, K, F): new <= N
         shift = new * hop
-        ahead = (shift[:, None] + shapes.positions(H, device)).clamp(max=width - 1)  # (B, H)
+        ahead = (shift[:, None] + torch.arange(H, device=device)).clamp(max=width - 1)  # (B, H)
         following = FeatureState(buffer.gather(1, ahead), available - shift, kept, made, received)
         return frames, counts, following if final is None else self._restart(following, final)
