@@ -66,12 +66,12 @@ class FeatureState(NamedTuple):
     received: torch.Tensor
 
 
-def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``x`` ``(B, T, ...)`` at per-stream positions ``index`` ``(B, T')`` (each in ``[0, T)``)
-    -> ``(B, T', ...)``, by whole rows (index_select: faster than an element-wise gather)."""
+def _rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``x`` ``(B, T, ...)`` at rows ``(B, T')`` of its ``(B * T, ...)`` view (stream ``b``'s
+    position ``u`` is row ``b*T + u``) -> ``(B, T', ...)``, by whole rows (index_select:
+    faster than an element-wise gather)."""
     B, T = x.shape[:2]
-    flat = (index + torch.arange(B, device=x.device)[:, None] * T).reshape(-1)  # (B * T',) rows of (B * T, ...)
-    return x.reshape(B * T, *x.shape[2:]).index_select(0, flat).view(B, index.shape[1], *x.shape[2:])
+    return x.reshape(B * T, *x.shape[2:]).index_select(0, rows.reshape(-1)).view(B, rows.shape[1], *x.shape[2:])
 
 
 class FeatureStream:
@@ -287,14 +287,15 @@ class FeatureStream:
             # offline (the cascade rule replicates d_0, not c_0: padding with c_0 would differ).
             history = torch.cat([state.statics, statics], dim=1)  # (B, K + N, F)
             skip = (K - state.made).clamp(min=0)  # (B,)
+            row0 = torch.arange(B, device=device) * (K + N)  # (B,) row of each stream's position 0 (_rows)
             u = torch.arange(K + N, device=device)[None, :]  # (1, K + N)
-            aligned = _rows(history, (u + skip[:, None]).clamp(max=K + N - 1))  # (B, K + N, F) from frame made - K + skip
+            aligned = _rows(history, (u + skip[:, None]).clamp(max=K + N - 1) + row0[:, None])  # (B, K + N, F)
             features = features_from_statics(aligned, K + new - skip, cfg, m.global_stats)  # (B, K + N, F, C)
             E = shapes.batch_bound(counts, N + P)
             # position of frame `start` in `aligned` (at most P: the E <= N + P frames fit)
-            first = start - (state.made - K).clamp(min=0)
+            first = start - (state.made - K).clamp(min=0) + row0
             frames = _rows(features, first[:, None] + torch.arange(E, device=device))  # (B, E, F, C)
-            kept = _rows(history, new[:, None] + torch.arange(K, device=device))  # (B, K, F): new <= N
+            kept = _rows(history, (new + row0)[:, None] + torch.arange(K, device=device))  # (B, K, F): new <= N
         shift = new * hop
         ahead = (shift[:, None] + torch.arange(H, device=device)).clamp(max=width - 1)  # (B, H)
         following = FeatureState(buffer.gather(1, ahead), available - shift, kept, made, received)
