@@ -73,8 +73,9 @@ class LayerStream:
     count, that many frames still to skip (when the stride is longer than the kernel);
     ``H = max(k - 1, before)`` frames, the most a stream keeps
     (after a window at least ``k - s`` and at most ``k - 1``; before the first ``before``
-    zeros and then fewer than ``k`` frames).  Every shape depends on the input's shape
-    alone, never on the counts, so one step runs eager and traced (ONNX) alike.
+    zeros and then fewer than ``k`` frames).  Traced, every shape depends on the input's
+    shape alone, never on the counts, so one step runs eager and traced (ONNX) alike;
+    eagerly the conv runs on as many windows as the most any stream completes.
 
     Shapes:
         ``step(cache, count, x, counts, started, final)``: ``x`` ``(B, C, t, F)`` of which

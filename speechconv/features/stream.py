@@ -187,13 +187,12 @@ class FeatureStream:
         B = self.state.made.shape[0]
         device = self.state.made.device
         S = chunk.shape[-1]
-        if lengths is None:
-            lens = torch.full((B,), S, dtype=torch.int64, device=device)
+        if lengths is None:  # all S of every row: nothing to check
+            lens, bad = torch.full((B,), S, dtype=torch.int64, device=device), False
         else:
             lens = torch.as_tensor(lengths, device=device).reshape(-1).to(torch.int64)
-            if lens.shape != (B,) or bool(((lens < 0) | (lens > S)).any()):
-                lens = None
-        if chunk.dim() != 2 or chunk.shape[0] != B or lens is None:
+            bad = lens.shape != (B,) or bool(((lens < 0) | (lens > S)).any())
+        if chunk.dim() != 2 or chunk.shape[0] != B or bad:
             raise ValueError(f"expected {B} rows with lengths in [0, {S}], got samples "
                              f"{tuple(chunk.shape)} and lengths {lengths!r}")
         if final is not None:
@@ -292,7 +291,7 @@ class FeatureStream:
             aligned = _rows(history, (u + skip[:, None]).clamp(max=K + N - 1) + row0[:, None])  # (B, K + N, F)
             features = features_from_statics(aligned, K + new - skip, cfg, m.global_stats)  # (B, K + N, F, C)
             E = shapes.batch_bound(counts, N + P)
-            # position of frame `start` in `aligned` (at most P: the E <= N + P frames fit)
+            # row of frame `start` in `aligned` (its position is at most P: the E <= N + P frames fit)
             first = start - (state.made - K).clamp(min=0) + row0
             frames = _rows(features, first[:, None] + torch.arange(E, device=device))  # (B, E, F, C)
             kept = _rows(history, (new + row0)[:, None] + torch.arange(K, device=device))  # (B, K, F): new <= N
