@@ -129,10 +129,11 @@ class LayerStream:
         # Eager: as many windows as the most any stream completes; traced: every window the
         # buffer can hold (the graph cannot read counts).  32 streams at 100 ms chunks
         # (bench/streaming.py): 1.15x the batched throughput of computing every window.
-        out_time = shapes.batch_bound(windows, shapes.conv_out_length(span, k, s, "valid"))
+        least, out_time = shapes.batch_range(windows, shapes.conv_out_length(span, k, s, "valid"))
         if out_time > 0:
             frames = _frames_of(table, rows[:, : shapes.conv_input_span(out_time, k, s)], layer.in_freq)
-            y = layer.transform(frames, shapes.make_pad_mask(windows, out_time))  # (B, C', t', F'), zero past `windows`
+            # (B, C', t', F'), zero past `windows`; no mask to apply where every stream completes all t'
+            y = layer.transform(frames, None if least == out_time else shapes.make_pad_mask(windows, out_time))
         else:
             y = x.new_zeros(B, layer.out_channels, 0, layer.out_freq)
         # the cache's place h takes position total - H + h (those before the kept frames: anything)

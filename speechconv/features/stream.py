@@ -51,7 +51,8 @@ class FeatureState(NamedTuple):
 
     Attributes:
         samples: ``(B, win)`` float: the samples from the start of frame ``made``'s
-            window on, ``held`` of them (``center`` framing: the lead zeros included).
+            window on, ``held`` of them, in its last ``held`` places (``center`` framing:
+            the lead zeros included; the places before them are never read).
         held: ``(B,)`` int64 (negative: samples still to skip, when ``hop > win``).
         statics: ``(B, 2P, F)``: the statics of frames ``made - 2P .. made - 1``, those
             before frame 0 unspecified (never read).
@@ -257,12 +258,13 @@ class FeatureStream:
         H = state.samples.shape[1]
         device = chunk.device
         # The samples from frame `made`'s window on: the held ones, the chunk's, then zeros.
-        # Position p takes column `source` of `joined` (the held samples, the chunk's, one zero).
+        # Held and new samples are consecutive columns of `joined` (the held ones last in
+        # `state.samples`): position p is column p + H - held while p < available, else the
+        # zero column.
         width = H + S + self._tail
         p = torch.arange(width, device=device)[None, :]  # (1, W)
-        held = state.held[:, None]  # (B, 1)
         available = state.held + lengths
-        source = torch.where(p < held, p, torch.where(p < available[:, None], p + (H - held), H + S))  # (B, W)
+        source = torch.where(p < available[:, None], p + (H - state.held)[:, None], H + S)  # (B, W)
         joined = torch.cat([state.samples, chunk.to(state.samples.dtype), chunk.new_zeros(B, 1)], dim=1)  # (B, H+S+1)
         buffer = joined.gather(1, source)  # (B, W)
         received = state.received + lengths
@@ -295,7 +297,9 @@ class FeatureStream:
             first = start - (state.made - K).clamp(min=0) + row0
             frames = _rows(features, first[:, None] + torch.arange(E, device=device))  # (B, E, F, C)
             kept = _rows(history, (new + row0)[:, None] + torch.arange(K, device=device))  # (B, K, F): new <= N
+        # The held samples: positions shift .. available - 1, so place h of H is position
+        # available - H + h, column lengths + h of `joined` (before them: samples never read).
         shift = new * hop
-        ahead = (shift[:, None] + torch.arange(H, device=device)).clamp(max=width - 1)  # (B, H)
-        following = FeatureState(buffer.gather(1, ahead), available - shift, kept, made, received)
+        ahead = lengths[:, None] + torch.arange(H, device=device)  # (B, H)
+        following = FeatureState(joined.gather(1, ahead), available - shift, kept, made, received)
         return frames, counts, following if final is None else self._restart(following, final)
