@@ -149,14 +149,16 @@ class ConvLayer(nn.Module):
                                           *self.gather_freq)
         return self.transform(x, shapes.make_pad_mask(out_lengths, out_time), self.time_pad), out_lengths
 
-    def transform(self, x: torch.Tensor, mask: torch.Tensor, time_pad: int = 0) -> torch.Tensor:
+    def transform(self, x: torch.Tensor, mask: torch.Tensor | None, time_pad: int = 0) -> torch.Tensor:
         """Conv, norm, activation and dropout.
 
         Args:
             x: ``(B, C, T, F)``, already padded along time unless ``time_pad`` (then zero
                 past each length), and padded along frequency by ``freq_pad`` zeros of
                 the conv and its kernel's zero taps (none after a SAME layer's gather).
-            mask: ``(B, T')`` bool, True on the output frames to keep.
+            mask: ``(B, T')`` bool, True on the output frames to keep; ``None``: all of
+                them (streams that each complete every window computed, on a layer
+                without batch norm whose input is padded already, ``time_pad=0``).
             time_pad: zeros the conv puts on both sides along time.
 
         Returns:
@@ -167,6 +169,9 @@ class ConvLayer(nn.Module):
             x = x.squeeze(1).unsqueeze(1)
         weight = nn.functional.pad(conv.weight, self.kernel_pad) if any(self.kernel_pad) else conv.weight
         y = nn.functional.conv2d(x, weight, conv.bias, conv.stride, (time_pad, self.freq_pad))
+        if mask is None:
+            assert self.norm is None and time_pad == 0, "mask=None is for a layer without norm on padded input"
+            return self.dropout(self.act(y))
         if self.time.padding == "causal":  # the symmetric padding's outputs past the end (offline)
             y = y[:, :, : mask.shape[1]]
         if self.norm is not None:

@@ -89,10 +89,10 @@ def frames_from_samples_tensor(
 ) -> torch.Tensor:
     """Batched :func:`frames_from_samples`: ``(B,)`` int samples -> ``(B,)`` int64 frames."""
     s = num_samples.to(torch.int64)
-    if framing == "kaldi":
-        return torch.where(s >= win_length, 1 + torch.div(s - win_length, hop_length, rounding_mode="floor"), 0)
-    if framing == "center":
-        return torch.where(s > 0, 1 + torch.div(s, hop_length, rounding_mode="floor"), 0)
+    if framing == "kaldi":  # 1 + (S - win) // hop = (S - win + hop) // hop, negative (then 0) below one window
+        return (s + (hop_length - win_length)).div(hop_length, rounding_mode="floor").clamp_(min=0)
+    if framing == "center":  # 1 + S // hop, and 0 for S = 0
+        return s.div(hop_length, rounding_mode="floor") + (s > 0)
     raise ValueError(f"framing must be one of {FRAMINGS}, got {framing!r}")
 
 
@@ -188,11 +188,20 @@ def batch_bound(counts: torch.Tensor, bound: int) -> int:
     static ``bound``, which its inputs' shapes fix; eager code gets the largest count (no
     wasted rows: one host read).  Either way each stream's valid items are the same.
     """
-    if torch.compiler.is_compiling() or counts.numel() == 0:
-        return bound if torch.compiler.is_compiling() else 0
-    largest = int(counts.max())
+    return batch_range(counts, bound)[1]
+
+
+def batch_range(counts: torch.Tensor, bound: int) -> tuple[int, int]:
+    """``(least, size)``: :func:`batch_bound`'s size and the fewest items any stream has
+    (one host read for both); a traced graph gets ``(0, bound)``, so that code which
+    skips work when every stream fills the buffer (``least == size``) does all of it."""
+    if torch.compiler.is_compiling():
+        return 0, bound
+    if counts.numel() == 0:
+        return 0, 0
+    least, largest = torch.stack(torch.aminmax(counts)).tolist() if counts.numel() > 1 else [counts.item()] * 2
     assert largest <= bound, f"{largest} items exceed the static bound {bound}"
-    return max(largest, 0)
+    return max(least, 0), max(largest, 0)
 
 
 # -------------------------------------------------------------------- resampling

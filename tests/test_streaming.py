@@ -190,6 +190,32 @@ def test_batched_front_end_streams_start_and_end_independently(front, lengths, c
             torch.testing.assert_close(streamed, mine, rtol=0, atol=ATOL)
 
 
+@settings(SETTINGS, max_examples=10)
+@given(front=front_ends(), lengths=st.lists(st.integers(0, 6000), min_size=1, max_size=3),
+       chunk=st.sampled_from([1, 160, 1237, 1600]), seed=st.integers(0, 2**31 - 1))
+def test_no_final_is_the_same_step_as_all_false(front, lengths, chunk, seed):
+    """``final=None`` (no stream ends: the eager steps skip the end-of-utterance ops) gives
+    the same frames, counts and next state, bit for bit, as ``final`` all False."""
+    features, encoder = front
+    gen = torch.Generator().manual_seed(seed)
+    B, S = len(lengths), max(lengths)
+    waves = torch.full((B, S), float("nan"))  # past each length: never read
+    for b, n in enumerate(lengths):
+        waves[b, :n] = torch.randn(n, generator=gen) * 0.3
+    skipping, stepping = (front_end_stream(features, encoder, batch=B) for _ in range(2))
+    with torch.no_grad():
+        for start in range(0, S, chunk):
+            counts = (torch.tensor(lengths) - start).clamp(0, chunk)
+            piece = waves[:, start : start + chunk]
+            a, n = skipping.step(piece, counts)
+            b, m = stepping.step(piece, counts, torch.zeros(B, dtype=torch.bool))
+            assert torch.equal(n, m)
+            assert all(torch.equal(a[i, :k], b[i, :k]) for i, k in enumerate(n.tolist()))
+            for x, y in zip([*skipping.features.state, *skipping.encoder.state],
+                            [*stepping.features.state, *stepping.encoder.state], strict=True):
+                assert torch.equal(x, y)
+
+
 def test_look_ahead_of_the_default_front_end_and_describe():
     """Features 1040 samples (4 hops of delta context + one window), encoder 3 frames:
     1520 samples = 95 ms, which ``describe()`` prints; TF SAME is refused."""

@@ -51,7 +51,8 @@ class FeatureState(NamedTuple):
 
     Attributes:
         samples: ``(B, win)`` float: the samples from the start of frame ``made``'s
-            window on, ``held`` of them (``center`` framing: the lead zeros included).
+            window on, ``held`` of them, in its last ``held`` places (``center`` framing:
+            the lead zeros included; the places before them are never read).
         held: ``(B,)`` int64 (negative: samples still to skip, when ``hop > win``).
         statics: ``(B, 2P, F)``: the statics of frames ``made - 2P .. made - 1``, those
             before frame 0 unspecified (never read).
@@ -66,12 +67,12 @@ class FeatureState(NamedTuple):
     received: torch.Tensor
 
 
-def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``x`` ``(B, T, ...)`` at per-stream positions ``index`` ``(B, T')`` (each in ``[0, T)``)
-    -> ``(B, T', ...)``, by whole rows (index_select: faster than an element-wise gather)."""
+def _rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``x`` ``(B, T, ...)`` at rows ``(B, T')`` of its ``(B * T, ...)`` view (stream ``b``'s
+    position ``u`` is row ``b*T + u``) -> ``(B, T', ...)``, by whole rows (index_select:
+    faster than an element-wise gather)."""
     B, T = x.shape[:2]
-    flat = (index + torch.arange(B, device=x.device)[:, None] * T).reshape(-1)  # (B * T',) rows of (B * T, ...)
-    return x.reshape(B * T, *x.shape[2:]).index_select(0, flat).view(B, index.shape[1], *x.shape[2:])
+    return x.reshape(B * T, *x.shape[2:]).index_select(0, rows.reshape(-1)).view(B, rows.shape[1], *x.shape[2:])
 
 
 class FeatureStream:
@@ -187,13 +188,18 @@ class FeatureStream:
         B = self.state.made.shape[0]
         device = self.state.made.device
         S = chunk.shape[-1]
-        lens = torch.full((B,), S, dtype=torch.int64, device=device) if lengths is None else \
-            torch.as_tensor(lengths, device=device).reshape(-1).to(torch.int64)
-        if chunk.dim() != 2 or chunk.shape[0] != B or lens.shape != (B,) or bool(((lens < 0) | (lens > S)).any()):
+        if lengths is None:  # all S of every row: nothing to check
+            lens, bad = torch.full((B,), S, dtype=torch.int64, device=device), False
+        else:
+            lens = torch.as_tensor(lengths, device=device).reshape(-1).to(torch.int64)
+            bad = lens.shape != (B,) or bool(((lens < 0) | (lens > S)).any())
+        if chunk.dim() != 2 or chunk.shape[0] != B or bad:
             raise ValueError(f"expected {B} rows with lengths in [0, {S}], got samples "
                              f"{tuple(chunk.shape)} and lengths {lengths!r}")
-        final = torch.zeros(B, dtype=torch.bool, device=device) if final is None else final.to(device, torch.bool)
-        frames, counts, self.state = self.step(self.state, chunk.to(device=device, dtype=torch.float32), lens, final)
+        if final is not None:
+            final = final.to(device, torch.bool)
+        frames, counts, self.state = self.step(self.state, chunk.to(device=device, dtype=self.state.samples.dtype),
+                                               lens, final)
         return frames, counts
 
     def finish(self, index: int | None = None) -> torch.Tensor | list[torch.Tensor]:
@@ -228,7 +234,7 @@ class FeatureStream:
 
     # ------------------------------------------------------------------ the step
     def step(self, state: FeatureState, chunk: torch.Tensor, lengths: torch.Tensor,
-             final: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, FeatureState]:
+             final: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, FeatureState]:
         """The next samples of ``B`` streams: their new final frames and the next state.
 
         Args:
@@ -237,7 +243,8 @@ class FeatureStream:
                 (what lies past them is never read, NaN included).
             lengths: ``(B,)`` int64 in ``[0, S]``.
             final: ``(B,)`` bool: the streams whose utterance ends with this chunk; they
-                emit every frame left and start afresh in the returned state.
+                emit every frame left and start afresh in the returned state.  ``None``
+                (eager only): no stream ends, the same as all False.
 
         Returns:
             ``(frames (B, E, F, C), counts (B,), state)``: stream ``b``'s new frames are
@@ -249,25 +256,28 @@ class FeatureStream:
         K = 2 * P
         B, S = chunk.shape
         H = state.samples.shape[1]
-        chunk = chunk.to(state.samples.dtype)
+        device = chunk.device
         # The samples from frame `made`'s window on: the held ones, the chunk's, then zeros.
+        # Held and new samples are consecutive columns of `joined` (the held ones last in
+        # `state.samples`): position p is column p + H - held while p < available, else the
+        # zero column.
         width = H + S + self._tail
-        p = torch.arange(width, device=chunk.device)[None, :]  # (1, W)
-        held = state.held[:, None]  # (B, 1)
-        source = torch.where(p < held, p, p - held + H).clamp(0, H + S - 1)  # (B, W) column of `joined`
-        joined = torch.cat([state.samples, chunk], dim=1)  # (B, H + S)
+        p = torch.arange(width, device=device)[None, :]  # (1, W)
         available = state.held + lengths
-        buffer = torch.where(p < available[:, None], joined.gather(1, source), 0.0)  # (B, W)
+        source = torch.where(p < available[:, None], p + (H - state.held)[:, None], H + S)  # (B, W)
+        joined = torch.cat([state.samples, chunk.to(state.samples.dtype), chunk.new_zeros(B, 1)], dim=1)  # (B, H+S+1)
+        buffer = joined.gather(1, source)  # (B, W)
         received = state.received + lengths
-        total = shapes.frames_from_samples_tensor(received, win, hop, cfg.framing)
-        new = torch.where(final, total - state.made,
-                          shapes.frames_from_samples_tensor(available, win, hop, "kaldi"))  # (B,) new statics
+        new = shapes.frames_from_samples_tensor(available, win, hop, "kaldi")  # (B,) new statics
+        if final is not None:  # an utterance that ends: every frame of its length, center's last ones included
+            new = torch.where(final, shapes.frames_from_samples_tensor(received, win, hop, cfg.framing) - state.made,
+                              new)
         N = shapes.batch_bound(new, shapes.frames_from_samples(width, win, hop, "kaldi"))
         statics = static_log_mel(buffer, N, cfg, m.window, m.mel_matrix, m.dft_basis) if N > 0 \
             else buffer.new_zeros(B, 0, cfg.n_mels)  # (B, N, F)
         made = state.made + new
         start = (state.made - P).clamp(min=0)  # frames out so far
-        end = torch.where(final, made, (made - P).clamp(min=0))
+        end = (made - P).clamp(min=0) if final is None else torch.where(final, made, (made - P).clamp(min=0))
         counts = end - start
         if K + N == 0:  # statics alone, and no new frame
             frames = buffer.new_zeros(B, 0, cfg.n_mels, cfg.n_channels)
@@ -278,15 +288,18 @@ class FeatureStream:
             # offline (the cascade rule replicates d_0, not c_0: padding with c_0 would differ).
             history = torch.cat([state.statics, statics], dim=1)  # (B, K + N, F)
             skip = (K - state.made).clamp(min=0)  # (B,)
-            u = torch.arange(K + N, device=chunk.device)[None, :]  # (1, K + N)
-            aligned = _rows(history, (u + skip[:, None]).clamp(max=K + N - 1))  # (B, K + N, F) from frame made - K + skip
+            row0 = torch.arange(B, device=device) * (K + N)  # (B,) row of each stream's position 0 (_rows)
+            u = torch.arange(K + N, device=device)[None, :]  # (1, K + N)
+            aligned = _rows(history, (u + skip[:, None]).clamp(max=K + N - 1) + row0[:, None])  # (B, K + N, F)
             features = features_from_statics(aligned, K + new - skip, cfg, m.global_stats)  # (B, K + N, F, C)
             E = shapes.batch_bound(counts, N + P)
-            first = start - (state.made - K).clamp(min=0)  # position of frame `start` in `aligned`
-            at = (first[:, None] + torch.arange(E, device=chunk.device)).clamp(max=K + N - 1)  # (B, E)
-            frames = _rows(features, at)  # (B, E, F, C)
-            kept = _rows(history, (new[:, None] + torch.arange(K, device=chunk.device)).clamp(max=K + N - 1))
+            # row of frame `start` in `aligned` (its position is at most P: the E <= N + P frames fit)
+            first = start - (state.made - K).clamp(min=0) + row0
+            frames = _rows(features, first[:, None] + torch.arange(E, device=device))  # (B, E, F, C)
+            kept = _rows(history, (new + row0)[:, None] + torch.arange(K, device=device))  # (B, K, F): new <= N
+        # The held samples: positions shift .. available - 1, so place h of H is position
+        # available - H + h, column lengths + h of `joined` (before them: samples never read).
         shift = new * hop
-        ahead = (shift[:, None] + torch.arange(H, device=chunk.device)).clamp(max=width - 1)  # (B, H)
-        following = FeatureState(buffer.gather(1, ahead), available - shift, kept, made, received)
-        return frames, counts, self._restart(following, final)
+        ahead = lengths[:, None] + torch.arange(H, device=device)  # (B, H)
+        following = FeatureState(joined.gather(1, ahead), available - shift, kept, made, received)
+        return frames, counts, following if final is None else self._restart(following, final)

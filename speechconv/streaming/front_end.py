@@ -69,9 +69,10 @@ class BatchedFrontEndStream:
         """The next ``lengths[b]`` samples of each stream (``None``: all ``S``); the streams
         in ``final`` (``(B,)`` bool, ``None``: none) end after them and start over.
         ``(B, S)`` -> ``(B, t', ...)``, ``(B,)`` (class docstring)."""
-        final = torch.zeros(self.batch, dtype=torch.bool) if final is None else final.to(torch.bool)
-        if bool(final.any()) and self.encoder.too_short == "error":
-            self._check_long_enough(chunk, lengths, final)
+        if final is not None:
+            final = final.to(torch.bool)
+            if self.encoder.too_short == "error" and bool(final.any()):
+                self._check_long_enough(chunk, lengths, final)
         frames, counts = self.features.advance(chunk, lengths, final)  # (B, E, F, C), (B,)
         return self.encoder.step(frames, counts, final)
 
@@ -137,7 +138,7 @@ class FrontEndStream:
             raise ValueError(f"samples must be float (S,) for one stream, got {samples.dtype} "
                              f"{tuple(samples.shape)}")
         y, n = self.batched.accept(samples[None])  # (S,) -> (1, S)
-        return y[0, : int(n[0])]
+        return y[0]  # (1, t', ...) -> (t', ...): the eager encoder stream gives the one stream's count
 
     def finish(self) -> torch.Tensor:
         """The last frames; the stream then starts a new utterance."""

@@ -73,7 +73,7 @@ class RecogniserStream:
              final: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
         """The next ``lengths[b]`` samples of each stream (``None``: all); the streams in
         ``final`` (``(B,)`` bool) end after them and start over (class docstring)."""
-        final = torch.zeros(self.batch, dtype=torch.bool) if final is None else final.to(torch.bool).cpu()
+        final = None if final is None else final.to(torch.bool).cpu()  # None: no stream ends
         encoded, counts = self.front.step(chunk, lengths, final)  # (B, t', D), (B,)
         log_probs = self._head(encoded, counts)  # (B, t', V)
         best = log_probs.argmax(dim=-1).tolist()  # (B, t')
@@ -85,7 +85,7 @@ class RecogniserStream:
                     ids.append(i)
                 self._last[b] = i
             new.append(ids)
-        for b in torch.nonzero(final).flatten().tolist():
+        for b in [] if final is None else torch.nonzero(final).flatten().tolist():
             self._restart(b)
         return log_probs, counts, new
 
