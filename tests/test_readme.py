@@ -28,12 +28,15 @@ def test_the_readme_stays_short():
 @pytest.mark.parametrize("index", range(len(PYTHON)))
 def test_python_block_runs(index, tmp_path, monkeypatch):
     """Each block runs from the repository root (its paths are the bundled files), writing
-    into a scratch folder; blocks build on nothing but themselves."""
+    into a scratch folder and nothing into the repository; blocks build on nothing but
+    themselves."""
     code = PYTHON[index]
     script = tmp_path / "block.py"
-    script.write_text(re.sub(r'"([\w.]+\.(?:png|onnx|pt2))"', lambda m: repr(str(tmp_path / m.group(1))), code))
+    script.write_text(re.sub(r'"([\w.]+\.(?:png|onnx|pt2|pte))"', lambda m: repr(str(tmp_path / m.group(1))), code))
     monkeypatch.chdir(ROOT)
+    before = set(ROOT.iterdir())
     runpy.run_path(str(script), run_name="__main__")
+    assert set(ROOT.iterdir()) == before, f"the block wrote {sorted(set(ROOT.iterdir()) - before)} into the repository"
 
 
 def test_every_command_line_names_what_exists():
