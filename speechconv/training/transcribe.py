@@ -24,7 +24,7 @@ def run_transcribe(cfg: Config) -> int:
             with torch.no_grad():
                 feats, length = features(wave)  # (S,) -> (T, F, C), ()
                 ids = model.decode(feats[None].to(cfg.trainer.device),  # (T, F, C) -> (1, T, F, C)
-                                          length.reshape(1).to(cfg.trainer.device), run_cfg.model.max_decode_len)
+                                   length.reshape(1).to(cfg.trainer.device), run_cfg.model.max_decode_len)
         except (ValueError, OSError) as exc:  # AudioError is a ValueError; too-short audio too
             failed += 1
             say(f"error: {path}: {exc}", err=True)
