@@ -63,7 +63,7 @@ import torchaudio.compliance.kaldi as ta_kaldi
 import torchaudio.functional as AF
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.report import machine, write_section  # noqa: E402
+from bench.report import load, machine, write_section  # noqa: E402
 from speechconv import FeatureConfig  # noqa: E402
 from speechconv.audio import load_audio  # noqa: E402
 from speechconv.features import LogMelDeltas, pipeline  # noqa: E402
@@ -308,9 +308,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as folder:
             markdown += "\n\n" + peak_rss_for_one_hour(pool, Path(folder)) + "."
     command = "python bench/features.py" + (" --quick" if args.quick else f" --repeats {repeats}")
-    load = f"load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, on {os.cpu_count()} cores"
     section = (f"## Feature stage\n\n`{command}` on {machine()}; {total / 60:g} minutes of bundled speech per "
-               f"utterance length; {load} (other processes slow every row, and 2-thread rows most).\n\n{markdown}")
+               f"utterance length; {load(load_before)} (other processes slow every row, and 2-thread rows most).\n\n{markdown}")
     print("\n" + section)
     if not (args.quick or args.no_write):
         print(f"\nwritten to {write_section('features', section)}")

@@ -37,6 +37,12 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}"
 
 
+def load(before: float) -> str:
+    """The load average at a run's start (``before``, from ``os.getloadavg()``) and now:
+    other processes slow a benchmark's rows, so each section says how busy the machine was."""
+    return f"load average {before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, on {os.cpu_count()} cores"
+
+
 def write_section(name: str, markdown: str, page: Path = PAGE) -> Path:
     """Put ``markdown`` into ``page`` as the section ``name``, replacing an earlier one."""
     begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"

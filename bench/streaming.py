@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.features import audio_pool  # noqa: E402
-from bench.report import machine, write_section  # noqa: E402
+from bench.report import load, machine, write_section  # noqa: E402
 from speechconv.encoder import ConvEncoder  # noqa: E402
 from speechconv.features import LogMelDeltas  # noqa: E402
 from speechconv.streaming import BatchedFrontEndStream, front_end_stream  # noqa: E402
@@ -167,10 +167,9 @@ def main() -> int:
                f"32 batched streams >= {TARGET_BATCHED:g} of offline batched throughput: {ratio_wall:.2f} wall, "
                f"{ratio_cpu:.2f} CPU ({'met' if ratio_cpu >= TARGET_BATCHED else 'missed'}).")
     command = "python bench/streaming.py" + (" --quick" if args.quick else f" --repeats {repeats}")
-    load = f"load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, on {os.cpu_count()} cores"
     section = (f"## Streaming front end\n\n`{command}` on {machine()}; 1 thread; default features + conv front "
                f"(look-ahead {look_ahead_ms:g} ms); {len(few)} x {UTTERANCE_SECONDS} s of bundled speech per "
-               f"stream row, median of {repeats} interleaved rounds; {load} (a shared machine: other processes "
+               f"stream row, median of {repeats} interleaved rounds; {load(load_before)} (a shared machine: other processes "
                f"slow every row).\n\n" + "\n".join(rows) + "\n\n" + table2 + "\n\n" + verdict)
     print("\n" + section)
     if not (args.quick or args.no_write):
