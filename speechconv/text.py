@@ -122,6 +122,11 @@ class CharVocabulary:
                 out.append(self.tokens[i])
         return "".join(out)
 
+    def transcript(self, ids: Iterable[int]) -> str:
+        """The transcript of ``ids``: :meth:`decode`'s text with its words separated by single
+        spaces (no space at either end)."""
+        return " ".join(self.decode(ids).split())
+
     # ------------------------------------------------------------ checkpoints
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for checkpoints (round trip: :meth:`from_dict`)."""

@@ -71,6 +71,15 @@ def test_decode_skips_specials_and_rejects_out_of_range():
         VOCAB.decode([32])
 
 
+def test_transcript_separates_words_by_single_spaces():
+    """CTC may emit a word separator at either end or twice in a row; the transcript has one between words."""
+    v = CharVocabulary()
+    space, blank = v.encode("a b")[1], v.blank_id
+    ids = [space, *v.encode("two"), space, blank, space, *v.encode("one"), space]
+    assert v.decode(ids) == " two  one " and v.transcript(ids) == "two one"
+    assert v.transcript([]) == ""
+
+
 def test_dict_round_trip():
     data = VOCAB.to_dict()
     assert CharVocabulary.from_dict(data) == VOCAB

@@ -32,11 +32,6 @@ class EvalResult:
     greedy_wer: float | None = None
 
 
-def text(vocab: CharVocabulary, ids: list[int]) -> str:
-    """The transcript of token ids, its words separated by single spaces."""
-    return " ".join(vocab.decode(ids).split())
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[Batch], vocab: CharVocabulary, max_len: int,
              device: torch.device | str = "cpu") -> EvalResult:
@@ -50,10 +45,10 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], vocab: CharVocabulary, 
         if lexicon:  # a CTC model: both read-outs of one forward pass
             log_probs, out_lengths = model.log_probs(batch.features, batch.lengths)  # (B, T', V), (B,)
             for row, n in zip(log_probs, out_lengths.tolist(), strict=True):
-                hyps.append(text(vocab, model.transcript_ids(row, n)))
-                greedy.append(text(vocab, model.greedy_ids(row, n)))
+                hyps.append(vocab.transcript(model.transcript_ids(row, n)))
+                greedy.append(vocab.transcript(model.greedy_ids(row, n)))
         else:
-            hyps.extend(text(vocab, ids) for ids in model.decode(batch.features, batch.lengths, max_len))
+            hyps.extend(vocab.transcript(ids) for ids in model.decode(batch.features, batch.lengths, max_len))
         refs.extend(batch.texts)
     rows = [{"reference": r, "hypothesis": h, "word_errors": wer([r], [h]).errors} for r, h in zip(refs, hyps, strict=True)]
     return EvalResult(wer(refs, hyps).rate, cer(refs, hyps).rate, sum(losses) / max(len(losses), 1), rows,

@@ -61,5 +61,5 @@ def run_stream(cfg: Config) -> int:
             say(f"error: {path}: {exc}", err=True)
             continue
         every = torch.cat(log_probs)  # (T', V), the offline model's log-probabilities
-        say(f"{path}\t{' '.join(vocab.decode(model.transcript_ids(every, every.shape[0])).split())}")
+        say(f"{path}\t{vocab.transcript(model.transcript_ids(every, every.shape[0]))}")
     return 1 if failed else 0

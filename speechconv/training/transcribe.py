@@ -29,5 +29,5 @@ def run_transcribe(cfg: Config) -> int:
             failed += 1
             say(f"error: {path}: {exc}", err=True)
             continue
-        say(f"{path}\t{' '.join(vocab.decode(ids[0]).split())}")
+        say(f"{path}\t{vocab.transcript(ids[0])}")
     return 1 if failed else 0
