@@ -39,7 +39,6 @@ def run_export(cfg: Config, out_dir: str | Path) -> int:
     from speechconv.audio import load_audio
     from speechconv.export import export_recogniser
     from speechconv.features import LogMelDeltas
-    from speechconv.models import ctc_collapse
     from speechconv.training.checkpoint import restore_model
 
     fmt = cfg.export.format
@@ -56,10 +55,8 @@ def run_export(cfg: Config, out_dir: str | Path) -> int:
     with torch.no_grad():
         want, want_lengths = model.log_probs(*features(wave[None], torch.tensor([wave.numel()])))
     difference = float(np.abs(log_probs - want.numpy()).max())
-    text = " ".join(vocab.decode(ctc_collapse(log_probs[0, : out_lengths[0]].argmax(-1).tolist(), vocab.blank_id))
-                    .split())
-    eager_text = " ".join(vocab.decode(model.greedy_decode(*features(wave[None], torch.tensor([wave.numel()])))[0])
-                          .split())
+    text = vocab.transcript(model.greedy_ids(torch.from_numpy(log_probs[0]), int(out_lengths[0])))
+    eager_text = vocab.transcript(model.greedy_ids(want[0], int(want_lengths[0])))
     same = np.array_equal(out_lengths, want_lengths.numpy()) and text == eager_text
     say(f"check on {CHECK_AUDIO.name}: log_probs within {difference:.1e} of eager (bound {BOUNDS[fmt]:.0e}), "
         f"out_lengths {'equal' if same else 'or transcript DIFFERENT'}; transcript {text!r}")
