@@ -79,7 +79,7 @@ class LexiconDecoder:
                 if labels[end] != labels[f]:  # a repeated token needs a blank between the words
                     allowed[f, end] = True
         self.labels = torch.tensor(labels)  # (S,)
-        self.allowed = allowed  # (S, S) [to, from]
+        self.transitions = torch.where(allowed, 0.0, float("-inf"))  # (S, S) [to, from]: log 1 or log 0
         self.start = torch.zeros(S, dtype=torch.bool)  # (S,) states a path may begin in
         self.start[[0, 1] + first] = True
         self.final = torch.zeros(S, dtype=torch.bool)  # (S,) states a path may end in
@@ -92,12 +92,11 @@ class LexiconDecoder:
             return []
         emit = log_probs[:length].detach().float().cpu()[:, self.labels]  # (T', V) -> (T'', S)
         neg = torch.tensor(float("-inf"))
-        transitions = torch.where(self.allowed, 0.0, neg)  # (S, S)
         score = torch.where(self.start, emit[0], neg)  # (S,)
         back = torch.empty(length, len(self.labels), dtype=torch.int64)  # (T'', S) best predecessor
         back[0] = torch.arange(len(self.labels))
         for t in range(1, length):
-            best, back[t] = (transitions + score[None, :]).max(dim=1)  # (S, S) -> (S,)
+            best, back[t] = (self.transitions + score[None, :]).max(dim=1)  # (S, S) -> (S,)
             score = best + emit[t]
         score = torch.where(self.final, score, neg)
         state = int(score.argmax())
