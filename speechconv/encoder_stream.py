@@ -113,8 +113,7 @@ class LayerStream:
         span = H + t + self.after  # the most frames a stream can have: a static size
         have = count + counts  # (B,) frames from the cache's first
         total = have if final is None or not self.after else have + (final & started) * self.after  # + zeros behind
-        # (total - k) // s + 1 windows once a stream has started and has k frames (floor division)
-        windows = (total + (s - k)).div(s, rounding_mode="floor").clamp_(min=0) * started  # (B,)
+        windows = shapes.conv_out_length_tensor(total, k, s, "valid") * started  # (B,) once a stream has started
         # Keep the frames from the next window's first on (at most H of them); final streams
         # start over from `before` zeros.
         keep = total - windows * s

@@ -288,8 +288,9 @@ def conv_out_length_tensor(lengths: torch.Tensor, kernel: int, stride: int, padd
     if padding in ("same", "causal"):
         return torch.div(n + stride - 1, stride, rounding_mode="floor")
     padded = n if padding == "valid" else n + 2 * int(padding)
-    keep = (padded >= kernel) & (n > 0)
-    return torch.where(keep, torch.div(padded - kernel, stride, rounding_mode="floor") + 1, 0)
+    # (padded - k) // s + 1 = (padded - k + s) // s, which is <= 0 below one kernel: clamped to 0
+    out = (padded + (stride - kernel)).div(stride, rounding_mode="floor").clamp_(min=0)
+    return out if padding == "valid" else out * (n > 0)  # padding alone gives no output
 
 
 def conv_min_input(out_length: int, kernel: int, stride: int, padding: Padding) -> int:
