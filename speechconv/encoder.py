@@ -212,9 +212,10 @@ class ConvBranch(nn.Module):
 
 FUSION_MODULES = {"mix": LearnedMix, "gated": GatedMix, "concat": Concat, "sum": Sum}
 
-GROUP_ELEMENTS = 1_500_000
+GROUP_ELEMENTS = 1_000_000
 """Largest layer output per group of :meth:`ConvEncoder._forward_grouped`, in elements
-(6 MB of float32; groups of 2 utterances of 1000 frames for the default encoder)."""
+(4 MB of float32; for the default encoder, groups of 6 utterances of 250 frames, or
+single utterances of 1000 frames)."""
 
 
 def _hooked(module: nn.Module) -> bool:
@@ -435,22 +436,25 @@ class ConvEncoder(nn.Module):
 
     def _forward_grouped(self, features: torch.Tensor, lengths: torch.Tensor,
                          group: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The fast path: :meth:`_forward_layers` on groups of ``group`` consecutive
-        utterances, each group cut to its own longest one, copied into the batch output.
-        Same values up to float rounding (oneDNN picks kernels by shape): every layer
-        maps each utterance on its own here.  Small groups keep every intermediate
-        tensor small enough to be reused from the allocator's free lists and caches,
-        where batch-sized ones are fresh pages on every call.
+        """The fast path: :meth:`_forward_layers` on groups of ``group`` utterances of
+        similar length (taken in order of decreasing length), each group cut to its own
+        longest one, copied into the batch output.  Same values up to float rounding
+        (oneDNN picks kernels by shape): every layer maps each utterance on its own here.
+        Sorting leaves little padding in any group, and small groups keep every
+        intermediate tensor small enough to be reused from the allocator's free lists
+        and caches, where batch-sized ones are fresh pages on every call.
         ``(B, T, F, C)``, ``(B,)`` -> as :meth:`forward`."""
         out_lengths = self.output_lengths(lengths)
+        order = torch.argsort(lengths, descending=True, stable=True)  # (B,): longest first
+        longest = lengths[order].tolist()
         out: torch.Tensor | None = None
         for start in range(0, features.shape[0], group):
-            part = lengths[start : start + group]
-            y, _ = self._forward_layers(features[start : start + group, : int(part.max())], part)
+            index = order[start : start + group]  # (g,)
+            y, _ = self._forward_layers(features[index, : longest[start]], lengths[index])  # (g, T_g', ...)
             if out is None:  # (B, T', ...) of the whole batch, zero past each output length
                 out_time = shapes.stack_out_length(features.shape[1], time_geometries(self.config.layers))
                 out = y.new_zeros((features.shape[0], out_time) + tuple(y.shape[2:]))
-            out[start : start + group, : y.shape[1]] = y
+            out[index, : y.shape[1]] = y
         assert out is not None, "_forward_grouped runs on a non-empty batch"
         return out, out_lengths
 
