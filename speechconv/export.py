@@ -18,7 +18,9 @@ ONNX interface (:func:`export_recogniser`)::
     inputs   waveforms (B, S) float32 in [-1, 1], lengths (B,) int64 valid samples
     outputs  log_probs (B, T', V) float32, out_lengths (B,) int64
     metadata_props  vocabulary (JSON list of the output symbols by id), blank (the CTC
-                    blank id), sample_rate (Hz of the waveforms)
+                    blank id), sample_rate (Hz of the waveforms), and for a model that
+                    decodes through a lexicon (``model.lexicon``), lexicon (JSON of
+                    :meth:`speechconv.models.lexicon.LexiconDecoder.graph`)
 
 Graphs trust their lengths (``0 <= lengths <= S``) and take at least
 :func:`min_samples` samples per batch (the eager modules check both).  Settings a graph
@@ -324,6 +326,8 @@ def recogniser_program(model: CTCModel, features: LogMelDeltas,
     program = export_program(module, features, model.body.encoder.min_input_frames)
     metadata = {"vocabulary": json.dumps(vocabulary_symbols(vocab), ensure_ascii=False),
                 "blank": str(vocab.blank_id), "sample_rate": str(features.config.sample_rate)}
+    if model.lexicon is not None:  # the client's decoding (examples/transcribe_onnx.py)
+        metadata["lexicon"] = json.dumps(model.lexicon.graph(), ensure_ascii=False)
     return program, metadata
 
 
@@ -406,11 +410,14 @@ def vocabulary_symbols(vocab: CharVocabulary) -> list[str]:
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """``vocabulary`` (list), ``blank`` (int) and ``sample_rate`` (int) of an exported ONNX file."""
+    """``vocabulary`` (list), ``blank`` (int), ``sample_rate`` (int) and, for a model that
+    decodes through a lexicon, ``lexicon`` (:meth:`speechconv.models.lexicon.LexiconDecoder.graph`) of an exported ONNX file."""
     import onnx
 
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     out: dict[str, Any] = {"sample_rate": int(props["sample_rate"])}
     if "vocabulary" in props:
         out["vocabulary"], out["blank"] = json.loads(props["vocabulary"]), int(props["blank"])
+    if "lexicon" in props:
+        out["lexicon"] = json.loads(props["lexicon"])
     return out

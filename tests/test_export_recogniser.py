@@ -101,8 +101,10 @@ def check_interface_and_metadata(model, features, vocab, session, path) -> None:
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert json.loads(props["vocabulary"]) == list(vocab.tokens) and len(vocab.tokens) == model.out.out_features
     assert int(props["blank"]) == vocab.blank_id and int(props["sample_rate"]) == features.config.sample_rate
+    assert model.lexicon is not None, "the default run decodes through its lexicon"
     assert export.read_metadata(path) == {"vocabulary": list(vocab.tokens), "blank": vocab.blank_id,
-                                          "sample_rate": features.config.sample_rate}
+                                          "sample_rate": features.config.sample_rate,
+                                          "lexicon": model.lexicon.graph()}
 
 
 def check_padded_batch(model, features, session, loaded) -> None:
@@ -164,27 +166,36 @@ def check_validation_utterances(model, features, vocab, session) -> None:
 
 def check_example_without_torch(model, features, vocab, path, tmp_path) -> None:
     """examples/transcribe_onnx.py in a subprocess where ``import torch`` fails: its
-    transcripts (the files in one padded batch) equal eager greedy decoding."""
+    transcripts (the files in one padded batch) equal the eager model's own decoding
+    (through the lexicon of the default run, which the file's metadata carries), and
+    without the metadata ``lexicon`` its greedy transcripts equal eager greedy decoding."""
     import soundfile as sf
 
     blocker = tmp_path / "no_torch" / "torch"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text("raise ImportError('torch is blocked in this test')\n")
-    files, want = [], []
+    files, want, want_greedy = [], [], []
     for clip in SPEECH_CLIPS:
         wave = load_audio(clip, sample_rate=features.config.sample_rate)
         files.append(str(tmp_path / f"{clip.stem}.wav"))
         sf.write(files[-1], wave.numpy(), features.config.sample_rate, subtype="FLOAT")
         with torch.no_grad():
-            ids = model.greedy_decode(*features(wave[None], torch.tensor([wave.numel()])))[0]
-        want.append(" ".join(vocab.decode(ids).split()))
+            log_probs, out_lengths = model.log_probs(*features(wave[None], torch.tensor([wave.numel()])))
+        want.append(vocab.transcript(model.transcript_ids(log_probs[0], int(out_lengths[0]))))
+        want_greedy.append(vocab.transcript(model.greedy_ids(log_probs[0], int(out_lengths[0]))))
+    greedy_only = onnx.load(str(path))
+    kept = [p for p in greedy_only.metadata_props if p.key != "lexicon"]
+    del greedy_only.metadata_props[:]
+    greedy_only.metadata_props.extend(kept)
+    onnx.save(greedy_only, str(tmp_path / "greedy.onnx"))
     env = {**os.environ, "PYTHONPATH": str(blocker.parent)}
-    result = subprocess.run([sys.executable, str(ROOT / "examples" / "transcribe_onnx.py"), str(path), *files],
-                            capture_output=True, text=True, env=env, timeout=120)
-    assert result.returncode == 0, result.stderr
-    lines = [line.split("\t") for line in result.stdout.splitlines()]
-    assert [name for name, _ in lines] == files
-    assert [text for _, text in lines] == want
+    for model_path, expected in ((path, want), (tmp_path / "greedy.onnx", want_greedy)):
+        result = subprocess.run([sys.executable, str(ROOT / "examples" / "transcribe_onnx.py"), str(model_path),
+                                 *files], capture_output=True, text=True, env=env, timeout=120)
+        assert result.returncode == 0, result.stderr
+        lines = [line.split("\t") for line in result.stdout.splitlines()]
+        assert [name for name, _ in lines] == files
+        assert [text for _, text in lines] == expected, model_path.name
     check = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, text=True, env=env)
     assert "torch is blocked" in check.stderr
 

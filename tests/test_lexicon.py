@@ -1,9 +1,13 @@
 """Lexicon-constrained CTC decoding (speechconv.models.lexicon) against an exhaustive search
-over every CTC path, on many generated cases."""
+over every CTC path, on many generated cases; and examples/transcribe_onnx.py's numpy
+search over the graph the decoder exports, against the decoder."""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import itertools
+import json
 
 import pytest
 import torch
@@ -14,6 +18,7 @@ from speechconv.checks import ConfigError
 from speechconv.models.config import ModelConfig
 from speechconv.models.lexicon import LexiconDecoder
 from speechconv.text import CharVocabulary
+from tests.conftest import ROOT
 
 VOCAB = CharVocabulary()
 DIGITS = "zero one two three four five six seven eight nine".split()
@@ -123,3 +128,27 @@ def test_config_names_the_setting() -> None:
     with pytest.raises(ConfigError, match="model.lexicon"):
         ModelConfig(lexicon=["one", "Two"])
     assert ModelConfig(lexicon=DIGITS).decoder(VOCAB).words == tuple(DIGITS)
+
+
+@functools.cache
+def example_module():
+    """examples/transcribe_onnx.py imported as a module."""
+    spec = importlib.util.spec_from_file_location("transcribe_onnx", ROOT / "examples" / "transcribe_onnx.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@settings(max_examples=80, deadline=None)
+@given(frames=st.integers(0, 60), seed=st.integers(0, 2**31 - 1), digits=st.booleans(),
+       sharpness=st.sampled_from([1.0, 3.0, 10.0]))
+def test_the_onnx_example_decodes_as_the_decoder(frames: int, seed: int, digits: bool, sharpness: float) -> None:
+    """The example's numpy Viterbi over ``LexiconDecoder.graph()`` (what the ONNX metadata
+    ``lexicon`` carries, through JSON) gives the decoder's words on random log-probs."""
+    lexicon = DIGITS if digits else SMALL
+    decoder = LexiconDecoder(lexicon, VOCAB)
+    graph = json.loads(json.dumps(decoder.graph()))
+    g = torch.Generator().manual_seed(seed)
+    log_probs = torch.randn(frames, len(VOCAB), generator=g).mul_(sharpness).log_softmax(-1)  # (T', V)
+    got = example_module().lexicon_words(log_probs.numpy(), graph)
+    assert " ".join(got) == VOCAB.decode(decoder(log_probs, frames))

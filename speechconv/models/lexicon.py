@@ -85,6 +85,17 @@ class LexiconDecoder:
         self.final = torch.zeros(S, dtype=torch.bool)  # (S,) states a path may end in
         self.final[between] = True
         self.first = {f: w for w, f in enumerate(first)}
+        self.edges = [[to, frm] for to, frm in allowed.nonzero().tolist()]  # [to, from] pairs
+
+    def graph(self) -> dict[str, list]:
+        """The search graph as plain lists, for a client without torch (the ONNX
+        metadata ``lexicon``, read by examples/transcribe_onnx.py): ``words``; ``labels``,
+        each state's output id; ``edges``, the allowed ``[to, from]`` transitions (self-loops
+        included); ``start`` and ``final``, the states a path may begin and end in;
+        ``first``, each word's first state."""
+        return {"words": list(self.words), "labels": self.labels.tolist(), "edges": self.edges,
+                "start": self.start.nonzero().view(-1).tolist(), "final": self.final.nonzero().view(-1).tolist(),
+                "first": list(self.first)}
 
     def __call__(self, log_probs: torch.Tensor, length: int) -> list[int]:
         """``log_probs (T', V)`` -> the transcript's token ids (empty for ``length`` 0)."""

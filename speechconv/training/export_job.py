@@ -46,17 +46,19 @@ def run_export(cfg: Config, out_dir: str | Path) -> int:
     features = LogMelDeltas(run_cfg.features).eval()
     path = Path(cfg.export.path) if cfg.export.path else Path(out_dir) / f"model.{fmt}"
     export_recogniser(model, features, vocab, path, fmt)
+    lexicon = f"; metadata lexicon: {len(model.lexicon.words)} words" if model.lexicon and fmt == "onnx" else ""
     say(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, {fmt}): waveforms (B, S) float32 at "
         f"{run_cfg.features.sample_rate} Hz and lengths (B,) int64 -> log_probs (B, T', {len(vocab)}) and "
-        f"out_lengths (B,)")
+        f"out_lengths (B,){lexicon}")
 
     wave = load_audio(CHECK_AUDIO, sample_rate=run_cfg.features.sample_rate)
     log_probs, out_lengths = exported_log_probs(path, fmt, wave)
     with torch.no_grad():
         want, want_lengths = model.log_probs(*features(wave[None], torch.tensor([wave.numel()])))
     difference = float(np.abs(log_probs - want.numpy()).max())
-    text = vocab.transcript(model.greedy_ids(torch.from_numpy(log_probs[0]), int(out_lengths[0])))
-    eager_text = vocab.transcript(model.greedy_ids(want[0], int(want_lengths[0])))
+    # the model's own decoding (through its lexicon, which the ONNX metadata carries, if it has one)
+    text = vocab.transcript(model.transcript_ids(torch.from_numpy(log_probs[0]), int(out_lengths[0])))
+    eager_text = vocab.transcript(model.transcript_ids(want[0], int(want_lengths[0])))
     same = np.array_equal(out_lengths, want_lengths.numpy()) and text == eager_text
     say(f"check on {CHECK_AUDIO.name}: log_probs within {difference:.1e} of eager (bound {BOUNDS[fmt]:.0e}), "
         f"out_lengths {'equal' if same else 'or transcript DIFFERENT'}; transcript {text!r}")
