@@ -25,12 +25,23 @@ Modes: ``eval`` is a forward under ``torch.inference_mode``, ``train`` forward a
 backward of ``out.sum()`` in train mode.  Shapes: ``16 x 1000`` frames, and
 ``16 x 250`` (4000 frames, ``make run``'s largest batch).
 
-Page sizes, one child process each (PyTorch reads ``THP_MEM_ALLOC_ENABLE`` once):
-``4 KB`` (``THP_MEM_ALLOC_ENABLE=0``, torch's default: every tensor of 2 MB or more is
-fresh memory from the kernel, faulted in 4 KB at a time) and ``huge``
-(``THP_MEM_ALLOC_ENABLE=1``: such tensors are mapped 2 MB at a time).  On CPU these layers are memory-bound, and a fresh batch-sized tensor costs
-about as much as the pass that fills it, so time follows the count of batch-sized
-tensors a step makes.
+Memory conditions; every cell (condition, threads, shape, mode) is measured in a fresh
+child process, because PyTorch reads ``THP_MEM_ALLOC_ENABLE`` once and glibc's
+thresholds move with what a process has freed before (a cell run after another would
+inherit them):
+
+* pages: ``4 KB`` (``THP_MEM_ALLOC_ENABLE=0``, torch's default) or ``huge``
+  (``THP_MEM_ALLOC_ENABLE=1``: tensors of 2 MB or more are mapped 2 MB at a time);
+* allocator: ``returned`` (glibc's defaults: a freed batch-sized tensor goes back to the
+  kernel, so the next one is fresh memory, faulted in page by page) or ``kept``
+  (``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` set high: freed memory is
+  kept and reused, as a long-running process that has raised them does).
+
+On CPU these layers are memory-bound, and a fresh batch-sized tensor costs about as much
+as the pass that fills it: with memory ``returned``, time follows the count of
+batch-sized tensors a step makes, which the grouped eval path keeps small; with memory
+``kept``, the plain stack pays no faults and the masked path gains only the padding it
+skips.
 
 Floors (issue 15): masked train at most 1.15x plain-cl's time; masked eval at least
 1.5x plain's speed; the grouped eval path at least 1.2x the plain path's speed.
@@ -58,8 +69,9 @@ from speechconv.encoder import ConvEncoder  # noqa: E402
 
 F, C = 80, 3
 SHAPES = [(16, 1000), (16, 250)]
-PAGES = {"4 KB": "0", "huge": "1"}
-"""Page-size column -> ``THP_MEM_ALLOC_ENABLE`` of its child process."""
+PAGES = {"4 KB": {"THP_MEM_ALLOC_ENABLE": "0"}, "huge": {"THP_MEM_ALLOC_ENABLE": "1"}}
+ALLOCATORS = {"returned": {}, "kept": {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}}
+"""Memory-condition columns -> the environment of their child processes (module docstring)."""
 COMMAND = ".venv/bin/python bench/encoder.py"
 
 
@@ -122,30 +134,26 @@ def runners(mode: str, batch: int, frames: int, seed: int = 0) -> dict[str, Call
 
 
 def measure(args: argparse.Namespace) -> list[dict[str, object]]:
-    """Every thread count, shape, mode and variant, timed in this process."""
+    """Every variant of one cell (``args.shape``, ``args.threads``, ``args.mode``), timed in this process."""
     min_time, min_rounds = (0.0, 1) if args.quick else (args.seconds, 5)
-    rows = []
-    for threads in args.threads:
-        torch.set_num_threads(threads)
-        for batch, frames in SHAPES:
-            for mode in ("eval", "train"):
-                results = interleaved(runners(mode, batch, frames), min_time, min_rounds)
-                for name, sec in results.items():
-                    rows.append({"threads": threads, "shape": f"{batch} x {frames}", "mode": mode, "variant": name,
-                                 "ms": sec * 1e3, "plain": results["plain"] / sec, "plain-cl": results["plain-cl"] / sec,
-                                 "layers": results.get("masked-layers", sec) / sec})
-                print(f"  {threads} thread(s), {batch} x {frames}, {mode}: "
-                      + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in results.items()), file=sys.stderr, flush=True)
-    return rows
+    batch, frames = SHAPES[args.shape]
+    torch.set_num_threads(args.threads)
+    results = interleaved(runners(args.mode, batch, frames), min_time, min_rounds)
+    print(f"  {args.threads} thread(s), {batch} x {frames}, {args.mode}: "
+          + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in results.items()), file=sys.stderr, flush=True)
+    return [{"threads": args.threads, "shape": f"{batch} x {frames}", "mode": args.mode, "variant": name,
+             "ms": sec * 1e3, "plain": results["plain"] / sec, "plain-cl": results["plain-cl"] / sec,
+             "layers": results.get("masked-layers", sec) / sec} for name, sec in results.items()]
 
 
 def table(rows: list[dict[str, object]]) -> str:
     """One markdown table: a row per page size, thread count, shape, mode and variant."""
-    lines = ["| pages | threads | shape (B x T) | mode | variant | ms / step | speed / plain | speed / plain-cl "
-             "| speed / masked-layers |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| pages | memory | threads | shape (B x T) | mode | variant | ms / step | speed / plain "
+             "| speed / plain-cl | speed / masked-layers |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         layers = f"{r['layers']:.2f}" if r["mode"] == "eval" and r["variant"].startswith("masked") else ""
-        lines.append(f"| {r['pages']} | {r['threads']} | {r['shape']} | {r['mode']} | {r['variant']} | {r['ms']:.1f} "
+        lines.append(f"| {r['pages']} | {r['memory']} | {r['threads']} | {r['shape']} | {r['mode']} | {r['variant']} "
+                     f"| {r['ms']:.1f} "
                      f"| {r['plain']:.2f} | {r['plain-cl']:.2f} | {layers} |")
     return "\n".join(lines)
 
@@ -157,7 +165,7 @@ def floors(rows: list[dict[str, object]]) -> str:
     for r in rows:
         if r["variant"] != "masked":
             continue
-        where = f"{r['pages']} pages, {r['threads']} thread(s), {r['shape']}"
+        where = f"{r['pages']} pages, memory {r['memory']}, {r['threads']} thread(s), {r['shape']}"
         if r["mode"] == "train":
             cost = 1 / r["plain-cl"]
             lines.append(f"- train, {where}: masked takes {cost:.2f}x plain-cl's time (floor 1.15x): "
@@ -175,19 +183,28 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seconds", type=float, default=4.0, help="least time per cell (default 4)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--shape", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="eval", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:  # one page size, measured in this process as it is set up
+    if args.child:  # one cell, measured in a process of its own as it is set up
+        args.threads = args.threads[0]
         print(json.dumps(measure(args)))
         return
     rows = []
-    for pages, thp in PAGES.items():
-        print(f"== {pages} pages (THP_MEM_ALLOC_ENABLE={thp})", file=sys.stderr, flush=True)
-        child = [sys.executable, __file__, "--child", "--seconds", str(args.seconds), "--threads",
-                 *map(str, args.threads)] + (["--quick"] if args.quick else [])
-        out = subprocess.run(child, env={**os.environ, "THP_MEM_ALLOC_ENABLE": thp}, check=True, capture_output=True,
-                             text=True)
-        sys.stderr.write(out.stderr)
-        rows += [{**r, "pages": pages} for r in json.loads(out.stdout)]
+    for pages, page_env in PAGES.items():
+        for memory, memory_env in ALLOCATORS.items():
+            env = {**page_env, **memory_env}
+            print(f"== {pages} pages, memory {memory}: " + " ".join(f"{k}={v}" for k, v in env.items()),
+                  file=sys.stderr, flush=True)
+            for threads in args.threads:
+                for shape in range(len(SHAPES)):
+                    for mode in ("eval", "train"):
+                        child = [sys.executable, __file__, "--child", "--shape", str(shape), "--mode", mode,
+                                 "--seconds", str(args.seconds), "--threads", str(threads)]
+                        out = subprocess.run(child + (["--quick"] if args.quick else []), env={**os.environ, **env},
+                                             check=True, capture_output=True, text=True)
+                        sys.stderr.write(out.stderr)
+                        rows += [{**r, "pages": pages, "memory": memory} for r in json.loads(out.stdout)]
     markdown = "\n\n".join([
         f"## Encoder (`{COMMAND}`)",
         f"Machine: {machine()}.  Speeds are ratios of median step times measured side by side "
