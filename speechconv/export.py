@@ -411,7 +411,8 @@ def vocabulary_symbols(vocab: CharVocabulary) -> list[str]:
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """``vocabulary`` (list), ``blank`` (int), ``sample_rate`` (int) and, for a model that
-    decodes through a lexicon, ``lexicon`` (:meth:`speechconv.models.lexicon.LexiconDecoder.graph`) of an exported ONNX file."""
+    decodes through a lexicon, ``lexicon`` (dict, :meth:`speechconv.models.lexicon.LexiconDecoder.graph`)
+    of an exported ONNX file."""
     import onnx
 
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
