@@ -14,7 +14,8 @@ through the graph as one padded batch with their lengths.  Each utterance is dec
 (Viterbi over the graph speechconv wrote, :func:`lexicon_words`); otherwise the best
 path per frame, collapsed (repeats merged, blanks dropped; symbols written in angle
 brackets, ``<pad>`` ..., are not text and are left out).  Prints ``path<TAB>transcript``
-per file.
+per file; a file that cannot be read, or is at another rate, is reported on stderr and
+skipped (exit code 1).
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ def load_model(path: str) -> tuple[ort.InferenceSession, dict]:
     (int), and ``lexicon`` (dict) where the model has one."""
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     props = session.get_modelmeta().custom_metadata_map
+    if "vocabulary" not in props:
+        raise ValueError(f"{path} has no 'vocabulary' in its metadata, so it is not a recogniser: export one with "
+                         f"python train.py mode=export checkpoint=... export.format=onnx (a front-end export gives "
+                         f"encoder frames, not log-probabilities)")
     meta = {"vocabulary": json.loads(props["vocabulary"]), "blank": int(props["blank"]),
             "sample_rate": int(props["sample_rate"])}
     if "lexicon" in props:
@@ -40,10 +45,10 @@ def load_model(path: str) -> tuple[ort.InferenceSession, dict]:
 
 
 def read_mono(path: str, sample_rate: int) -> np.ndarray:
-    """``(S,)`` float32 in [-1, 1]; raises ``ValueError`` naming the file if its rate differs."""
+    """``(S,)`` float32 in [-1, 1]; raises ``ValueError`` if its rate differs from ``sample_rate``."""
     audio, rate = sf.read(path, dtype="float32", always_2d=True)  # (S, channels)
     if rate != sample_rate:
-        raise ValueError(f"{path} is sampled at {rate} Hz, the model takes {sample_rate} Hz; resample it first")
+        raise ValueError(f"sampled at {rate} Hz, the model takes {sample_rate} Hz; resample it first")
     return audio.mean(axis=1)
 
 
@@ -101,11 +106,22 @@ def main(argv: list[str]) -> int:
     if len(argv) < 2:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
-    session, meta = load_model(argv[0])
-    waves = [read_mono(path, meta["sample_rate"]) for path in argv[1:]]
-    for path, text in zip(argv[1:], transcribe(session, meta, waves), strict=True):
-        print(f"{path}\t{text}")
-    return 0
+    try:
+        session, meta = load_model(argv[0])
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    paths, waves = [], []
+    for path in argv[1:]:
+        try:
+            waves.append(read_mono(path, meta["sample_rate"]))
+            paths.append(path)
+        except (ValueError, RuntimeError, OSError) as exc:  # unreadable (soundfile's errors), another rate
+            print(f"error: {path}: {exc}", file=sys.stderr)
+    if waves:
+        for path, text in zip(paths, transcribe(session, meta, waves), strict=True):
+            print(f"{path}\t{text}")
+    return 0 if len(paths) == len(argv) - 1 else 1
 
 
 if __name__ == "__main__":

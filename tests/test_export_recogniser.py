@@ -196,6 +196,17 @@ def check_example_without_torch(model, features, vocab, path, tmp_path) -> None:
         lines = [line.split("\t") for line in result.stdout.splitlines()]
         assert [name for name, _ in lines] == files
         assert [text for _, text in lines] == expected, model_path.name
+    # bad files are reported by name and skipped; the good ones are still transcribed
+    (tmp_path / "not_audio.wav").write_text("not audio")
+    sf.write(tmp_path / "at_8k.wav", np.zeros(8000, dtype=np.float32), 8000)
+    bad = [str(tmp_path / "not_audio.wav"), str(tmp_path / "at_8k.wav")]
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "transcribe_onnx.py"), str(path), bad[0],
+                             files[0], bad[1]], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [f"{files[0]}\t{want[0]}"]
+    errors = result.stderr.splitlines()
+    assert len(errors) == 2 and errors[0].startswith(f"error: {bad[0]}: ")
+    assert errors[1] == f"error: {bad[1]}: sampled at 8000 Hz, the model takes 16000 Hz; resample it first"
     check = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, text=True, env=env)
     assert "torch is blocked" in check.stderr
 
@@ -234,6 +245,11 @@ def test_frontend_of_ones_own_exports_to_onnx_and_pt2(tmp_path) -> None:
     assert np.array_equal(got_lengths, want_lengths.numpy()) and torch.equal(pt2_lengths, want_lengths)
     assert np.abs(got - want.numpy()).max() <= 1e-4  # the encoder's ONNX bound (tests/test_export.py)
     torch.testing.assert_close(pt2, want, atol=PT2_ATOL, rtol=0)
+    # examples/transcribe_onnx.py refuses a front-end file by name, saying what to export instead
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "transcribe_onnx.py"), str(onnx_path),
+                             str(SPEECH_CLIPS[0])], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"error: {onnx_path} has no 'vocabulary'") and "mode=export" in result.stderr
 
 
 def test_scan_lstm_exports_with_any_length_and_equals_nn_lstm() -> None:
