@@ -35,7 +35,7 @@ inherit them):
 * allocator: ``returned`` (glibc's defaults: a freed batch-sized tensor goes back to the
   kernel, so the next one is fresh memory, faulted in page by page) or ``kept``
   (``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` set high: freed memory is
-  kept and reused, as a long-running process that has raised them does).
+  kept and reused, as it is in a process whose earlier frees raised glibc's thresholds).
 
 On CPU these layers are memory-bound, and a fresh batch-sized tensor costs about as much
 as the pass that fills it: with memory ``returned``, time follows the count of
