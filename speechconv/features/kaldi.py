@@ -34,6 +34,8 @@ import math
 
 import torch
 
+from speechconv.features import fbank
+
 INT16_SCALE = 32768.0
 """Kaldi's waveform scale: a [-1, 1] float sample times 32768 is its int16 value."""
 
@@ -122,5 +124,4 @@ def kaldi_windowed(frames: torch.Tensor, window: torch.Tensor, preemphasis: floa
     if preemphasis:
         previous = torch.cat([x[..., :1], x[..., :-1]], dim=-1)  # x[i-1], and x[0] at 0: a new (B, T, win)
         x = previous.mul_(-preemphasis).add_(x)  # -(c x[i-1]) + x[i] rounds as x[i] - c x[i-1]
-    wide = x.to(torch.float64, copy=True) if out is None else out.copy_(x)  # float32 -> float64
-    return wide.mul_(window)
+    return fbank.apply_window(x, window, out)  # float32 -> float64, then the window
