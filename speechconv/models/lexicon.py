@@ -42,7 +42,7 @@ class LexiconDecoder:
             raise ValueError("LexiconDecoder needs at least one word; got an empty lexicon")
         self.words = tuple(words)
         self.vocab = vocab
-        space = vocab.encode("a b")[1]  # the word separator's id
+        space = vocab.tokens.index(" ")  # the word separator's id
         labels: list[int] = [vocab.blank_id, space]  # state 0: blank between words; 1: space
         first: list[int] = []  # each word's first state
         last: list[int] = []  # each word's last state
@@ -85,7 +85,6 @@ class LexiconDecoder:
         self.final = torch.zeros(S, dtype=torch.bool)  # (S,) states a path may end in
         self.final[between] = True
         self.first = {f: w for w, f in enumerate(first)}
-        self.edges = [[to, frm] for to, frm in allowed.nonzero().tolist()]  # [to, from] pairs
 
     def graph(self) -> dict[str, list]:
         """The search graph as plain lists, for a client without torch (the ONNX
@@ -93,7 +92,8 @@ class LexiconDecoder:
         each state's output id; ``edges``, the allowed ``[to, from]`` transitions (self-loops
         included); ``start`` and ``final``, the states a path may begin and end in;
         ``first``, each word's first state."""
-        return {"words": list(self.words), "labels": self.labels.tolist(), "edges": self.edges,
+        edges = (self.transitions == 0).nonzero().tolist()  # [to, from] pairs of the allowed transitions
+        return {"words": list(self.words), "labels": self.labels.tolist(), "edges": edges,
                 "start": self.start.nonzero().view(-1).tolist(), "final": self.final.nonzero().view(-1).tolist(),
                 "first": list(self.first)}
 
