@@ -304,20 +304,21 @@ def check_format(fmt: str) -> None:
                           f"pt2 for torch.export.load, pte for executorch)")
 
 
-def recogniser_program(model: CTCModel, features: LogMelDeltas,
-                       vocab: CharVocabulary) -> tuple[torch.export.ExportedProgram, dict[str, str]]:
+def recogniser_program(model: CTCModel, features: LogMelDeltas, vocab: CharVocabulary,
+                       fmt: str = "onnx") -> tuple[torch.export.ExportedProgram, dict[str, str]]:
     """``torch.export`` of the whole recogniser's eval form, and its ONNX metadata.
 
     Args:
         model: a trained :class:`speechconv.models.CTCModel` (left as it is).
         features: the feature stage it was trained on.
         vocab: its vocabulary (metadata ``vocabulary`` and ``blank``).
+        fmt: the format it is for (:func:`check_exportable`).
 
     Returns:
         ``(program, metadata)``: the program maps ``waveforms (B, S), lengths (B,)`` to
         ``log_probs (B, T', V), out_lengths (B,)`` (module docstring).
     """
-    check_exportable(features, model)
+    check_exportable(features, model, fmt)
     if model.out.out_features != len(vocab) or model.blank_id != vocab.blank_id:
         raise ExportError(f"the model's {model.out.out_features} outputs (blank {model.blank_id}) do not fit the "
                           f"vocabulary of {len(vocab)} symbols (blank {vocab.blank_id}); pass the model's own "
@@ -366,8 +367,7 @@ def export_recogniser(model: CTCModel, features: LogMelDeltas, vocab: CharVocabu
     """Write the whole recogniser, raw audio to log-probabilities (:func:`recogniser_program`),
     to ``path`` as ``fmt`` (``onnx`` with its metadata, or ``pt2``); returns ``path``."""
     check_format(fmt)
-    check_exportable(features, model, fmt)
-    program, metadata = recogniser_program(model, features, vocab)
+    program, metadata = recogniser_program(model, features, vocab, fmt)
     if fmt == "pt2":
         return save_pt2(program, path)
     return save_onnx(program, path, RECOGNISER_OUTPUTS, metadata)
