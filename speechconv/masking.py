@@ -117,26 +117,27 @@ class _MaskedNorm(torch.autograd.Function):
 
     Statistics: the sums run over each utterance's valid frames as views (``x[b:b+1, :,
     :length]``), never over padding, in float64 across utterances and, when ``sync``,
-    ranks: the mean, then ``sum (x - mean)^2`` of the centred ``xc = x - mean``, which is
-    kept for the backward pass (where ``x`` itself is not needed).  Output: one
-    ``addcmul`` with a per-frame scale and shift that are zero on padding.
+    ranks: the mean, then ``sum (x - mean)^2 = sum x (x - mean) - mean (sum x - n mean)``,
+    with ``sum x (x - mean)`` from the fused pass the backward uses and ``sum x`` summed in
+    float64 (so the correction does not cancel the variance away when the mean is large).
+    Output: one ``addcmul`` of ``x`` with a per-frame scale and shift that are zero on
+    padding.  The output is the only batch-sized tensor made: on CPU a fresh one costs
+    about as much as the pass that fills it (``bench/encoder.py``).
 
-    Backward, for ``g = dL/dout``: with ``xhat = xc * invstd`` and ``a = weight *
+    Backward, for ``g = dL/dout``: with ``xhat = (x - mean) * invstd`` and ``a = weight *
     invstd``, ``dL/dx = a * (g - sum(g) / n - xhat * sum(g * xhat) / n)`` on valid frames
     and 0 on padding, the sums over a channel's ``n`` valid values (per-utterance views
-    again); then two ``addcmul`` with per-frame coefficients.  Autograd of the same
-    forward costs about twice the passes over the batch (``bench/encoder.py``).
+    again); then two ``addcmul`` with per-frame coefficients.
     """
 
     @staticmethod
     def forward(ctx, x, lengths, frames, weight, bias, eps, sync):  # noqa: ANN001, ANN205
         # x (B, C, T[, F]); lengths: B Python ints; frames (B, T) float, 1 on valid frames
-        valid = [(b, n) for b, n in enumerate(lengths) if n > 0]
-        head = torch.zeros(x.shape[1] + 1, dtype=torch.float64, device=x.device)  # sum x per channel, count
-        for b, n in valid:
-            view = x[b : b + 1, :, :n]  # (1, C, n[, F])
-            head[:-1] += view.sum([d for d in range(view.dim()) if d != 1]).double()
-        head[-1] = sum(lengths) * math.prod(x.shape[3:])
+        views = [x[b : b + 1, :, :n] for b, n in enumerate(lengths) if n > 0]  # (1, C, n[, F]) each
+        local_count = sum(lengths) * math.prod(x.shape[3:])
+        local_sum = sum((view.sum([d for d in range(view.dim()) if d != 1], dtype=torch.float64) for view in views),
+                        torch.zeros(x.shape[1], dtype=torch.float64, device=x.device))  # (C,) sum x
+        head = torch.cat([local_sum, local_sum.new_full((1,), local_count)])  # (C + 1,): sum x per channel, count
         if sync:
             _all_reduce(head)
         count = float(head[-1])
@@ -146,39 +147,38 @@ class _MaskedNorm(torch.autograd.Function):
                 "(valid frames x frequency rows); use longer utterances or a larger batch"
             )
         mean = (head[:-1] / count).to(x.dtype)
-        xc = x - mean.view((-1,) + (1,) * (x.dim() - 2))  # (B, C, T[, F]), x's memory format
-        views = [xc[b : b + 1, :, :n] for b, n in valid]
-        zero, one = torch.zeros_like(mean), torch.ones_like(mean)
-        square, _ = _valid_sums(views, views, zero, one)  # sum (x - mean)^2
+        # sum (x - mean)^2 = sum x (x - mean) - mean sum (x - mean), the last from float64 sums
+        sum_xc = _valid_sums(views, views, mean, torch.ones_like(mean))[0]
+        square = sum_xc - mean.double() * (local_sum - local_count * mean.double())
         if sync:
             _all_reduce(square)
         var = (square / count).to(x.dtype)
         invstd = torch.rsqrt(var + eps)
         scale = invstd if weight is None else invstd * weight
-        shift = torch.zeros_like(mean) if bias is None else bias
-        out = torch.addcmul(_per_frame(frames, shift, x.dim()), xc, _per_frame(frames, scale, x.dim()))
-        ctx.save_for_backward(xc, frames, weight, invstd)
+        shift = -mean * scale if bias is None else bias - mean * scale
+        out = torch.addcmul(_per_frame(frames, shift, x.dim()), x, _per_frame(frames, scale, x.dim()))
+        ctx.save_for_backward(x, frames, weight, mean, invstd)
         ctx.lengths, ctx.count, ctx.sync = lengths, count, sync
         ctx.mark_non_differentiable(mean, var)
         return out, mean, var, count
 
     @staticmethod
     def backward(ctx, grad, _grad_mean, _grad_var, _grad_count):  # noqa: ANN001, ANN205
-        xc, frames, weight, invstd = ctx.saved_tensors
+        x, frames, weight, mean, invstd = ctx.saved_tensors
         valid = [(b, n) for b, n in enumerate(ctx.lengths) if n > 0]
         sum_gx, sum_g = _valid_sums([grad[b : b + 1, :, :n] for b, n in valid],
-                                    [xc[b : b + 1, :, :n] for b, n in valid], torch.zeros_like(invstd), invstd)
+                                    [x[b : b + 1, :, :n] for b, n in valid], mean, invstd)
         # The parameters' gradients are this rank's sums (DDP adds them over ranks); x's
         # gradient needs the sums over every rank's frames, as the statistics did.
-        grad_weight, grad_bias = sum_gx.to(xc.dtype), sum_g.to(xc.dtype)
+        grad_weight, grad_bias = sum_gx.to(x.dtype), sum_g.to(x.dtype)
         if ctx.sync:
             sum_gx, sum_g = _all_reduce(torch.stack([sum_gx, sum_g])).unbind()
-        sum_gx, sum_g = sum_gx.to(xc.dtype), sum_g.to(xc.dtype)
+        sum_gx, sum_g = sum_gx.to(x.dtype), sum_g.to(x.dtype)
         a = invstd if weight is None else invstd * weight
-        k = -a * invstd * sum_gx / ctx.count  # times xc
+        k = -a * invstd * sum_gx / ctx.count  # times (x - mean)
         c = -a * sum_g / ctx.count  # constant
-        grad_x = torch.addcmul(_per_frame(frames, c, xc.dim()), xc, _per_frame(frames, k, xc.dim()))
-        grad_x.addcmul_(grad, _per_frame(frames, a, xc.dim()))  # zero on padding frames
+        grad_x = torch.addcmul(_per_frame(frames, c - k * mean, x.dim()), x, _per_frame(frames, k, x.dim()))
+        grad_x.addcmul_(grad, _per_frame(frames, a, x.dim()))  # zero on padding frames
         need = ctx.needs_input_grad
         return (grad_x if need[0] else None, None, None,
                 grad_weight if weight is not None and need[3] else None,
