@@ -181,7 +181,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one short round per cell (smoke test); no docs written")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--seconds", type=float, default=4.0, help="least time per cell (default 4)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="least time per cell (default 8)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--shape", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="eval", help=argparse.SUPPRESS)

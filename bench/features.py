@@ -18,6 +18,10 @@ Rows (every one makes 80 log-mel bins + delta + delta-delta from the same audio)
 * ``... one piece``          the torchaudio backend with every batch's statics computed
                              in one piece (``PIECE_FRAMES`` unbounded): what the pieces
                              of :func:`speechconv.features.pipeline.static_log_mel` buy;
+* ``... float32 spectrum``   the torchaudio backend with the frames windowed and
+                             transformed in float32 (``fbank.SPECTRUM_DTYPE``), which
+                             speechconv does not ship: what the float64 spectrum costs
+                             (its docstring says what it buys);
 * ``torchaudio per-utt``     ``torchaudio.transforms.MelSpectrogram`` + log +
                              ``torchaudio.functional.compute_deltas`` twice, stacked,
                              one utterance at a time (exact lengths, one call each);
@@ -66,7 +70,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import load, machine, write_section  # noqa: E402
 from speechconv import FeatureConfig  # noqa: E402
 from speechconv.audio import load_audio  # noqa: E402
-from speechconv.features import LogMelDeltas, pipeline  # noqa: E402
+from speechconv.features import LogMelDeltas, fbank, pipeline  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 16000
@@ -110,18 +114,21 @@ def batches(utts: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]
 # ------------------------------------------------------------------------- methods
 
 
-def speechconv_runner(backend: str, one_piece: bool = False) -> Callable[[list[torch.Tensor]], None]:
+def speechconv_runner(backend: str, one_piece: bool = False,
+                      spectrum: torch.dtype = fbank.SPECTRUM_DTYPE) -> Callable[[list[torch.Tensor]], None]:
     module = LogMelDeltas(FeatureConfig(backend=backend)).eval()
+    module.window = module.window.to(spectrum)
 
     def run(utts: list[torch.Tensor]) -> None:
-        pieces = pipeline.PIECE_FRAMES
+        pieces, dtype = pipeline.PIECE_FRAMES, fbank.SPECTRUM_DTYPE
         pipeline.PIECE_FRAMES = 2**62 if one_piece else pieces
+        fbank.SPECTRUM_DTYPE = spectrum
         try:
             with torch.inference_mode():
                 for batch, lengths in batches(utts):
                     module(batch, lengths)
         finally:
-            pipeline.PIECE_FRAMES = pieces
+            pipeline.PIECE_FRAMES, fbank.SPECTRUM_DTYPE = pieces, dtype
 
     return run
 
@@ -194,6 +201,7 @@ METHODS = {
     "speechconv torchaudio": lambda: speechconv_runner("torchaudio"),
     "speechconv kaldi": lambda: speechconv_runner("kaldi"),
     "speechconv torchaudio, one piece": lambda: speechconv_runner("torchaudio", one_piece=True),
+    "speechconv torchaudio, float32 spectrum": lambda: speechconv_runner("torchaudio", spectrum=torch.float32),
     "torchaudio per-utt": torchaudio_runner,
     "torchaudio batched": torchaudio_batched_runner,
     "compliance.kaldi+d": lambda: compliance_run,
@@ -205,6 +213,8 @@ RATIOS = [  # (row, over row, floor)
     ("speechconv kaldi", "compliance.kaldi+d", 1.5),
     ("speechconv kaldi", "kaldi-native-fbank", None),
     ("speechconv torchaudio", "speechconv torchaudio, one piece", 1.2),
+    ("speechconv torchaudio", "speechconv torchaudio, float32 spectrum", None),
+    ("speechconv torchaudio, float32 spectrum", "torchaudio per-utt", None),
 ]
 
 

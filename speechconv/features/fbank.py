@@ -52,7 +52,8 @@ after Kaldi's DC removal and pre-emphasis): two float32 DFTs (torch's FFT, onnxr
 DFT, a matrix product) differ there by up to 8e-3 in the log domain, and so do frames
 windowed with a window rounded to float32.  The frames are therefore windowed and
 transformed in float64 (an error of 1e-11 there), so every implementation of the same
-steps gives the same log-mel energies to float32 rounding."""
+steps gives the same log-mel energies to float32 rounding.  What it costs in speed:
+``bench/features.py``'s float32-spectrum row."""
 
 
 def pad_for_framing(waveforms: torch.Tensor, lengths: torch.Tensor, config: FeatureConfig,
